@@ -1,0 +1,757 @@
+"""A run: progress in memory, replay of recorded steps, and the flusher that saves it.
+
+One `Run` object exists per invocation of a job. It lives in a context variable, so
+steps find it without globals, asyncio tasks created inside the run inherit it, and a
+plain thread does not (see `_step`). Progress is counted in *units* from 0: step calls
+in call order. ``done`` is the watermark (units below it completed), completions out
+of order (concurrent async steps) wait in ``above``.
+
+The hot path of a step that returns ``None`` touches one tuple: ``_prog = (done,
+digest, folded)``. Assigning it is atomic, so the flusher thread always reads a
+watermark and a name digest that belong together, and only ever writes completed
+units.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any
+
+import tenacity
+
+from resumable import _digest
+from resumable._keys import digest_plain, plain_arguments
+from resumable._log import logger
+from resumable._record import (
+    Entry,
+    Head,
+    check_decode,
+    chunk_key,
+    dump_chunk,
+    dump_head,
+    encode_value,
+)
+from resumable.errors import ReplayMismatch
+from resumable.stores._base import RunLock, Store
+
+__all__ = ["Run", "StepContext", "StepDef", "current_run", "current_step"]
+
+_RUN: ContextVar[Run | None] = ContextVar("resumable_run", default=None)
+_STEP: ContextVar[StepContext | None] = ContextVar("resumable_step", default=None)
+
+_NEW: Any = object()  # replay's answer for "not recorded: run the step"
+_CHUNK_ENTRIES = 256  # a chunk is closed (never rewritten again) at this many entries
+_CHUNK_BYTES = 64 * 1024
+
+#: How the flusher retries a store write that failed (tests may shorten it).
+RETRY_ATTEMPTS = 4
+RETRY_WAIT_MAX = 1.0
+
+
+def current_run() -> Run | None:
+    """Return the run the caller is inside, or ``None`` outside any run."""
+    return _RUN.get()
+
+
+def current_step() -> StepContext | None:
+    """Return the step being executed, or ``None`` outside a step.
+
+    Inside a step it tells the step's ``number`` in the run, its ``attempt`` (1 the
+    first time; more when an earlier attempt started but never completed) and an
+    ``idempotency_key`` that stays the same across restarts, to dedupe against the
+    outside world (an HTTP ``Idempotency-Key`` header, a database unique key).
+    """
+    return _STEP.get()
+
+
+class StepDef:
+    """What a ``@checkpoint`` decoration knows about its step, fixed at decoration."""
+
+    __slots__ = ("code", "durable", "key", "name")
+
+    def __init__(self, name: str, durable: bool, key: str | Callable[..., Any] | None) -> None:
+        self.name = name
+        self.code = _digest.name_code(name)
+        self.durable = durable
+        self.key = key
+
+    def identity(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        """A digest of the call's arguments (or of its ``key=``), to match calls by."""
+        if self.key is None:
+            from resumable._keys import bind_arguments
+
+            try:
+                bound = bind_arguments(func, None, args, kwargs)
+            except TypeError:
+                return digest_plain(repr(len(args)) + ",".join(sorted(kwargs)))
+            return digest_plain(plain_arguments(bound))
+        if callable(self.key):
+            return digest_plain(str(self.key(*args, **kwargs)))
+        from resumable._keys import bind_arguments
+
+        return digest_plain(self.key.format(**bind_arguments(func, None, args, kwargs).arguments))
+
+
+class StepContext:
+    """One call of a step inside a run (see `current_step`)."""
+
+    __slots__ = ("args", "attempt", "concurrent", "func", "ident", "kwargs", "number", "run", "sdef")
+
+    def __init__(
+        self,
+        run: Run,
+        sdef: StepDef,
+        number: int,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self.run = run
+        self.sdef = sdef
+        self.number = number
+        self.func = func
+        self.args = args
+        self.kwargs = kwargs
+        self.attempt = 1
+        self.concurrent = False
+        self.ident: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The step's name (its qualified name unless ``@checkpoint(name=...)``)."""
+        return self.sdef.name
+
+    @property
+    def idempotency_key(self) -> str:
+        """``"<run key>:<epoch>.<step number>"``: the same for this step across restarts."""
+        return f"{self.run.key}:{self.run.epoch}.{self.number}"
+
+    def identity(self) -> str:
+        if self.ident is None:
+            self.ident = self.sdef.identity(self.func, self.args, self.kwargs)
+        return self.ident
+
+    def __repr__(self) -> str:
+        return (
+            f"StepContext(name={self.name!r}, number={self.number}, attempt={self.attempt}, "
+            f"idempotency_key={self.idempotency_key!r})"
+        )
+
+
+class _Retry(Exception):
+    """Internal: a store write failed and may be retried."""
+
+
+class Flusher:
+    """Writes a run's progress: every interval when dirty, and at once on request.
+
+    Requests made while a write is under way are all served by the next write (group
+    commit). Store errors are retried with exponential backoff (tenacity); a request
+    whose write finally fails gets the error, the interval writes log it and go on.
+    """
+
+    def __init__(self, run: Run, interval: float) -> None:
+        self.run = run
+        self.interval = interval
+        self._cond = threading.Condition()
+        self._requested = 0
+        self._written = 0
+        self._failed_upto = 0
+        self._error: BaseException | None = None
+        self._stop = False
+        self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._thread = threading.Thread(target=self._loop, name=f"resumable-flusher:{run.key[:40]}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def request(self) -> int:
+        """Ask for a write as soon as possible; returns a ticket to wait on."""
+        with self._cond:
+            self._requested += 1
+            self._cond.notify_all()
+            return self._requested
+
+    def wait(self, ticket: int, timeout: float | None = None) -> bool:
+        """Wait until the write that serves ``ticket`` is done; raise its error."""
+        with self._cond:
+            ok = self._cond.wait_for(lambda: self._written >= ticket or self._failed_upto >= ticket, timeout)
+            if self._failed_upto >= ticket and self._written < ticket and self._error is not None:
+                raise self._error
+            return ok
+
+    def sync(self) -> None:
+        """Write now and wait for it (a durable step's intent or completion)."""
+        self.wait(self.request())
+
+    async def async_sync(self) -> None:
+        """`sync` for coroutines: waits without blocking the event loop."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        with self._cond:
+            self._requested += 1
+            self._waiters.append((self._requested, loop, fut))
+            self._cond.notify_all()
+        await fut
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                deadline = time.monotonic() + max(self.interval, 0.001)
+                while not self._stop and self._requested <= max(self._written, self._failed_upto):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                if self._stop:
+                    return
+                target = self._requested
+            if target > max(self._written, self._failed_upto) or self.run.dirty:
+                self._write(target)
+
+    def _write(self, target: int) -> None:
+        error: BaseException | None = None
+        try:
+            self.run.write(retry=True)
+        except Exception as exc:
+            error = exc
+            logger.error(
+                "flush failed; the job goes on and the write is tried again",
+                key=self.run.key,
+                store=self.run.store.describe(),
+                error=repr(exc),
+            )
+        with self._cond:
+            if error is None:
+                self._written = max(self._written, target)
+            else:
+                self._error = error
+                self._failed_upto = max(self._failed_upto, target)
+            done = [w for w in self._waiters if w[0] <= target]
+            self._waiters = [w for w in self._waiters if w[0] > target]
+            self._cond.notify_all()
+        for _, loop, fut in done:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(_settle, fut, error)
+
+
+def _settle(fut: asyncio.Future[None], error: BaseException | None) -> None:
+    if fut.done():
+        return
+    if error is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(error)
+
+
+class Run:
+    """The state of one run of a job: progress, replay and writing."""
+
+    def __init__(
+        self,
+        *,
+        job: str,
+        key: str,
+        store: Store,
+        lock: RunLock,
+        flush_interval: float,
+        head: Head | None,
+        entries: dict[int, Entry],
+    ) -> None:
+        self.job = job
+        self.key = key
+        self.store = store
+        self._lock_handle = lock
+        self._owner = threading.get_ident()
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self.state: dict[str, Any] = {}
+        self.dirty = False
+        self.resumed = head is not None
+        now = time.time()
+        head = head or Head(key=key, job=job, created=now, updated=now)
+        self._head = head
+        head.attempts += 1
+        self.epoch = head.epoch
+        self._args_encoded = head.args
+        self._state_encoded = head.state
+        self._prog: tuple[int, int, int] = (head.done, int(head.digest, 16), head.folded)
+        self._above: set[int] = set(head.above)
+        self._holes: dict[int, list[Any]] = {int(n): list(v) for n, v in head.holes.items()}
+        self._pending_holes: dict[int, list[Any]] = {}
+        self._intents: dict[int, Entry] = {}
+        self._new: list[tuple[int, Entry]] = []
+        self._flushed_new = 0
+        self._chunk_index = max(head.chunks[1], 0)
+        self._chunk: dict[str, Entry] = {}
+        self._stale_chunks: list[str] = []
+        self._inflight: set[StepContext] = set()
+        self._next = 0
+        self.items: dict[str, Any] = dict(head.items)
+        # Replay: what the record holds for this epoch.
+        self._rec_done = head.done
+        self._rec_digest = int(head.digest, 16)
+        self._rec_folded = head.folded
+        self._rec_entries = entries
+        self._rec_holes = dict(self._holes)
+        self._rec_intents: dict[str, Entry] = {}
+        for n, intent in head.intents.items():
+            self._rec_intents[str(intent[1])] = [int(n), *intent]
+        self._ident_index: dict[str, deque[int]] = {}
+        for n in sorted(entries):
+            ident = entries[n][1]
+            if ident is not None:
+                self._ident_index.setdefault(ident, deque()).append(n)
+        ends = [head.done, *(n + 1 for n in head.above), *(n + 1 for n in self._holes)]
+        self._replay_until = max(ends)
+        self._replay_digest = 0
+        self._replay_folded = 0
+        self._verified = not head.done and not self._holes
+        self.replaying = self._replay_until > 0 or bool(self._ident_index)
+        self.replayed = 0
+        self._flusher: Flusher | None = None
+        self.interval = flush_interval
+        self.finished = False
+        self.params: set[str] = set()
+
+    # -- the store ------------------------------------------------------------------
+
+    def describe_store(self) -> str:
+        return self.store.describe()
+
+    @property
+    def done(self) -> int:
+        """How many units of the current epoch completed without a gap."""
+        return self._prog[0]
+
+    def start(self) -> None:
+        """Start the flusher and the signal handlers, on the thread that runs the body."""
+        self._owner = threading.get_ident()
+        self.state = self._decode_state()
+        self._flusher = Flusher(self, self.interval)
+        self._flusher.start()
+        _signals.enter(self)
+
+    def _decode_state(self) -> dict[str, Any]:
+        state = check_decode(self._state_encoded, self.store.describe(), self.key)
+        if not isinstance(state, dict):
+            return {}
+        return json.loads(json.dumps(state)) if self._state_encoded is state else state
+
+    def restart_args(self) -> dict[str, Any] | None:
+        if self._args_encoded is None:
+            return None
+        args = check_decode(self._args_encoded, self.store.describe(), self.key)
+        return dict(args)
+
+    def snapshot(self, status: str, result: Any = None, error: str | None = None) -> tuple[Head, list[tuple[int, Entry]], int]:
+        with self._lock:
+            self.dirty = False
+            done, digest, folded = self._prog
+            head = self._head
+            head.status = status
+            head.updated = time.time()
+            head.epoch = self.epoch
+            head.args = self._args_encoded
+            head.state = self._state_encoded
+            head.done = done
+            head.digest = format(digest, "x")
+            head.folded = folded
+            head.above = sorted(n for n in self._above if n >= done)
+            head.intents = {str(n): list(v) for n, v in self._intents.items()}
+            head.items = dict(self.items)
+            head.holes = {str(n): list(v) for n, v in self._holes.items() if n < done}
+            head.result = result
+            head.error = error
+            upto = len(self._new)
+            new = self._new[self._flushed_new : upto]
+        return head, new, upto
+
+    def write(self, *, retry: bool, status: str = "running", result: Any = None, error: str | None = None) -> None:
+        """Write the run's completed progress: the newest chunk if it grew, then the head."""
+        with self._write_lock:
+            head, new, upto = self.snapshot(status, result, error)
+            for n, entry in new:
+                self._chunk[str(n)] = entry
+            head.chunks = [0, self._chunk_index if self._chunk else self._chunk_index - 1]
+            chunk = dump_chunk(self.key, self.epoch, self._chunk_index, self._chunk) if new else None
+            data = dump_head(head)
+            epoch = self.epoch
+
+            def attempt() -> None:
+                if chunk is not None:
+                    self.store.set(chunk_key(self.key, epoch, self._chunk_index), chunk)
+                self.store.set(self.key, data)
+
+            if retry:
+                tenacity.Retrying(
+                    stop=tenacity.stop_after_attempt(RETRY_ATTEMPTS),
+                    wait=tenacity.wait_exponential(multiplier=0.05, max=RETRY_WAIT_MAX),
+                    retry=tenacity.retry_if_exception_type(OSError) | tenacity.retry_if_exception_type(_transient()),
+                    before_sleep=_log_retry(self),
+                    reraise=True,
+                )(attempt)
+            else:
+                attempt()
+            if epoch == self.epoch:
+                self._flushed_new = upto
+            if len(self._chunk) >= _CHUNK_ENTRIES or (chunk is not None and len(chunk) >= _CHUNK_BYTES):
+                self._chunk_index += 1
+                self._chunk = {}
+            stale, self._stale_chunks = self._stale_chunks, []
+        for old in stale:
+            try:
+                self.store.delete(old)
+            except Exception as exc:  # left behind, harmless: reset() removes it
+                logger.warning("could not delete an old chunk", key=old, error=repr(exc))
+        logger.debug("flushed", key=self.key, done=head.done, epoch=head.epoch, status=head.status)
+
+    def flush(self) -> None:
+        """Write completed progress now and wait for it."""
+        if self._flusher is not None:
+            self._flusher.sync()
+
+    async def flush_async(self) -> None:
+        """`flush` for coroutines: waits without blocking the event loop."""
+        if self._flusher is not None:
+            await self._flusher.async_sync()
+
+    def request_flush(self) -> None:
+        """Ask the flusher to write soon, without waiting."""
+        if self._flusher is not None:
+            self._flusher.request()
+
+    def write_now_if_safe(self) -> None:
+        """Write from a signal handler: only when no update is half done on this thread."""
+        # Waits briefly for the flusher thread; gives up when this very thread holds
+        # the lock (the signal arrived in the middle of an update or a write).
+        if not self._lock.acquire(timeout=0.5):
+            return
+        self._lock.release()
+        if not self._write_lock.acquire(timeout=2.0):
+            return
+        self._write_lock.release()
+        try:
+            self.write(retry=False)
+        except Exception as exc:
+            logger.error("flush on signal failed", key=self.key, error=repr(exc))
+
+    def abandon(self) -> None:
+        """Give the run up without writing (it never started)."""
+        _signals.leave(self)
+        if self._flusher is not None:
+            self._flusher.stop()
+        self._lock_handle.release()
+
+    def close(self, *, result: Any = None, finished: bool = False, error: BaseException | None = None) -> None:
+        """End the run: stop the flusher and write the last progress (raises if it cannot)."""
+        _signals.leave(self)
+        if self._flusher is not None:
+            self._flusher.stop()
+        try:
+            text = None if error is None else f"{type(error).__name__}: {error}"
+            self.write(retry=True, status="finished" if finished else "running", result=result, error=text)
+        finally:
+            self._lock_handle.release()
+        self.finished = finished
+
+    # -- steps ------------------------------------------------------------------------
+
+    def new_call(self, sdef: StepDef, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> StepContext:
+        n = self._next
+        self._next = n + 1
+        call = StepContext(self, sdef, n, func, args, kwargs)
+        if threading.get_ident() != self._owner:
+            call.concurrent = True
+        return call
+
+    def replay(self, call: StepContext) -> Any:
+        """Return the recorded result of ``call``, or ``_NEW`` when it must run."""
+        n = call.number
+        if n >= self._replay_until and not self._ident_index:
+            self.replaying = False
+            self._verify(call)
+            return _NEW
+        if self._ident_index:
+            queue = self._ident_index.get(call.identity())
+            if queue:
+                m = queue.popleft()
+                if not queue:
+                    del self._ident_index[call.identity()]
+                entry = self._rec_entries[m]
+                if m != n:
+                    self._move(n, entry)
+                self.replayed += 1
+                return self._decode(entry)
+        entry = self._rec_entries.get(n)
+        if entry is not None and entry[1] is None:
+            if entry[0] != call.name:
+                self._mismatch(n, entry[0], call.name)
+            self.replayed += 1
+            return self._decode(entry)
+        hole = self._rec_holes.get(n)
+        if hole is not None:
+            if hole[0] != call.name:
+                self._mismatch(n, hole[0], call.name)
+            if (self._replay_digest, self._replay_folded) != (int(hole[1], 16), hole[2]):
+                self._mismatch(n, None, None, "the steps before it differ from the recorded ones")
+            call.attempt = int(hole[3]) + 1
+            return _NEW
+        if n < self._rec_done and entry is None:
+            self._replay_digest = _digest.fold(self._replay_digest, call.sdef.code)
+            self._replay_folded += 1
+            self.replayed += 1
+            return None
+        self._verify(call)
+        return _NEW
+
+    def _decode(self, entry: Entry) -> Any:
+        return check_decode(entry[2], self.store.describe(), self.key) if len(entry) > 2 else None
+
+    def _verify(self, call: StepContext) -> None:
+        if self._verified:
+            return
+        if (self._replay_digest, self._replay_folded) != (self._rec_digest, self._rec_folded):
+            self._mismatch(
+                call.number,
+                None,
+                None,
+                f"before new work at step {call.number} ({call.name!r}) the job replayed "
+                f"{self._replay_folded} steps that returned None where the record holds "
+                f"{self._rec_folded}, or their names differ",
+            )
+        self._verified = True
+        intent = self._rec_intents.get(call.identity()) if call.sdef.durable else None
+        if intent is not None:
+            call.attempt = max(call.attempt, int(intent[3]) + 1)
+
+    def check_end(self) -> None:
+        """At the end of the body: a replay that never reached the watermark is a mismatch."""
+        if self.replaying and not self._verified and self._next < self._rec_done:
+            self._mismatch(
+                self._next,
+                None,
+                None,
+                f"the job returned after {self._next} steps, but the record holds {self._rec_done} completed ones",
+            )
+
+    def _mismatch(self, n: int, recorded: str | None, called: str | None, detail: str = "") -> None:
+        logger.error("replay mismatch", key=self.key, position=n, recorded=recorded, called=called, detail=detail)
+        raise ReplayMismatch(self.key, n, recorded, called, detail)
+
+    def _move(self, n: int, entry: Entry) -> None:
+        # A concurrent step matched by identity at another position: record it here too.
+        with self._lock:
+            self._new.append((n, entry))
+            if n >= self._prog[0] and n not in self._above:
+                self._above.add(n)
+                self._advance()
+            self.dirty = True
+
+    def begin(self, call: StepContext) -> None:
+        inflight = self._inflight
+        if inflight:
+            call.concurrent = True
+            for other in inflight:
+                other.concurrent = True
+        inflight.add(call)
+
+    def end(self, call: StepContext) -> None:
+        self._inflight.discard(call)
+
+    def intend(self, call: StepContext) -> None:
+        """Note a durable step's intent; the caller then waits for it to be written."""
+        with self._lock:
+            self._intents[call.number] = [call.name, call.identity(), call.attempt]
+            self.dirty = True
+
+    def complete(self, call: StepContext, result: Any) -> None:
+        """Record that ``call`` returned ``result`` (encoded now: unencodable fails here)."""
+        n = call.number
+        done, digest, folded = self._prog
+        if n == done and not call.concurrent and not call.sdef.durable and n not in self._holes:
+            if result is None:
+                self._prog = (n + 1, (digest * 1_000_003 + call.sdef.code) % _PRIME, folded + 1)
+            else:
+                self._new.append((n, [call.name, None, encode_value(result, f"step {call.name!r} (#{n})")]))
+                self._prog = (n + 1, digest, folded)
+            self.dirty = True
+            return
+        entry: Entry = [call.name, call.identity() if call.concurrent else None]
+        if result is not None:
+            entry.append(encode_value(result, f"step {call.name!r} (#{n})"))
+        with self._lock:
+            self._new.append((n, entry))
+            self._intents.pop(n, None)
+            self._holes.pop(n, None)
+            self._pending_holes.pop(n, None)
+            if n >= self._prog[0]:
+                self._above.add(n)
+                self._advance()
+            self.dirty = True
+
+    def fail(self, call: StepContext) -> None:
+        """Record that ``call`` raised: it stays to be run again, a hole in the units."""
+        n = call.number
+        with self._lock:
+            self._intents.pop(n, None)
+            if n in self._holes:
+                self._holes[n][3] = call.attempt
+            elif n >= self._prog[0]:
+                self._pending_holes[n] = [call.name, call.attempt]
+                self._advance()
+            self.dirty = True
+
+    def _advance(self) -> None:
+        done, digest, folded = self._prog
+        while True:
+            if done in self._above:
+                self._above.discard(done)
+            elif done in self._pending_holes:
+                name, attempt = self._pending_holes.pop(done)
+                self._holes[done] = [name, format(digest, "x"), folded, attempt]
+            else:
+                break
+            done += 1
+        self._prog = (done, digest, folded)
+
+    # -- resume points ----------------------------------------------------------------
+
+    def restart_with(self, bound_update: dict[str, Any]) -> None:
+        """Start a new epoch: a restart calls the job with ``bound_update`` applied."""
+        if self._inflight:
+            raise RuntimeError("restart_with() was called while steps are still running; await them first")
+        if self.replaying and self._next < self._replay_until:
+            self._mismatch(
+                self._next,
+                None,
+                None,
+                f"the job declared a resume point after {self._next} steps, but the record "
+                f"holds {self._rec_done} completed steps since the last one",
+            )
+        merged = dict(self.restart_args() or {})
+        merged.update(bound_update)
+        args = encode_value(merged, "restart_with() arguments")
+        state = encode_value(self.state, "state()")
+        args = json.loads(json.dumps(args))
+        state = json.loads(json.dumps(state))
+        with self._lock:
+            old = [chunk_key(self.key, self.epoch, i) for i in range(self._chunk_index + 1)]
+            self.epoch += 1
+            self._args_encoded = args
+            self._state_encoded = state
+            self._prog = (0, 0, 0)
+            self._above = set()
+            self._holes = {}
+            self._pending_holes = {}
+            self._intents = {}
+            self._new = []
+            self._flushed_new = 0
+            self._next = 0
+            self.replaying = False
+            self._verified = True
+            self._ident_index = {}
+            self._chunk_index = 0
+            self._chunk = {}
+            self._stale_chunks.extend(old)
+            self.dirty = True
+
+
+_PRIME = (1 << 61) - 1
+
+
+def _transient() -> type[BaseException]:
+    return TransientStoreError
+
+
+class TransientStoreError(Exception):
+    """Raise from a store for a failure worth retrying (a 5xx from a network store)."""
+
+
+def _log_retry(run: Run) -> Callable[[tenacity.RetryCallState], None]:
+    def log(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        logger.warning(
+            "store write failed, retrying",
+            key=run.key,
+            store=run.store.describe(),
+            attempt=state.attempt_number,
+            error=repr(exc),
+        )
+
+    return log
+
+
+class _Signals:
+    """SIGTERM and SIGINT handlers, installed while a run is active (main thread only).
+
+    On a signal, every active run writes its completed progress, then the signal has
+    its usual effect: the handler that was there before is called, or the default
+    action is taken (SIGINT raises KeyboardInterrupt, SIGTERM ends the process).
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.runs: list[Run] = []
+        self.owners: set[int] = set()  # threads that run a job now
+        self.previous: dict[int, Any] = {}
+        self.mutex = threading.Lock()
+
+    def enter(self, run: Run) -> None:
+        with self.mutex:
+            self.runs.append(run)
+            self.owners = {r._owner for r in self.runs}
+            if not self.previous and threading.current_thread() is threading.main_thread():
+                for sig in self.SIGNALS:
+                    try:
+                        self.previous[sig] = signal.signal(sig, self.handle)
+                    except (ValueError, OSError):  # pragma: no cover - not the main interpreter
+                        pass
+
+    def leave(self, run: Run) -> None:
+        with self.mutex:
+            with contextlib.suppress(ValueError):
+                self.runs.remove(run)
+            self.owners = {r._owner for r in self.runs}
+            if not self.runs and self.previous and threading.current_thread() is threading.main_thread():
+                for sig, old in self.previous.items():
+                    if signal.getsignal(sig) == self.handle:
+                        signal.signal(sig, old)
+                self.previous = {}
+
+    def handle(self, signum: int, frame: Any) -> None:
+        for run in list(self.runs):
+            run.write_now_if_safe()
+        logger.info("signal received; progress written", signal=signal.Signals(signum).name)
+        previous = self.previous.get(signum, signal.SIG_DFL)
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+
+_signals = _Signals()
+
+
+def active_runs() -> int:
+    return len(_signals.runs)

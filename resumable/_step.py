@@ -1,0 +1,233 @@
+"""``@checkpoint``: steps whose completion is recorded and replayed."""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar, overload
+
+import wrapt
+
+from resumable._log import logger
+from resumable._run import _NEW, _RUN, _STEP, Run, StepContext, StepDef, _signals
+
+__all__ = ["checkpoint"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_warned_threads: set[str] = set()
+_warn_lock = threading.Lock()
+
+
+class _Proxy(wrapt.FunctionWrapper):  # type: ignore[misc]
+    """A decorated function that pickles by reference (module and qualified name)."""
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return (_import_by_name, (self.__wrapped__.__module__, self.__wrapped__.__qualname__))
+
+
+def _import_by_name(module: str, qualname: str) -> Any:
+    import importlib
+
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _underlying(func: Any) -> Any:
+    return func.__func__ if isinstance(func, classmethod | staticmethod) else func
+
+
+def kind_of(func: Any) -> str:
+    """Classify a callable once, at decoration time."""
+    target = _underlying(func)
+    if inspect.isasyncgenfunction(target):
+        return "asyncgen"
+    if inspect.isgeneratorfunction(target):
+        return "generator"
+    if inspect.iscoroutinefunction(target):
+        return "coroutine"
+    if callable(target):
+        return "function"
+    raise TypeError(f"cannot decorate {func!r}: it is not callable")
+
+
+def qualified_name(func: Any) -> str:
+    target = _underlying(func)
+    return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', repr(target))}"
+
+
+def _warn_no_context(sdef: StepDef) -> None:
+    with _warn_lock:
+        if sdef.name in _warned_threads:
+            return
+        _warned_threads.add(sdef.name)
+    logger.warning(
+        "step called in a thread without the run's context: it runs, unrecorded. Start the "
+        "thread with contextvars.copy_context().run, or use asyncio.to_thread, to record it",
+        step=sdef.name,
+        thread=threading.current_thread().name,
+    )
+
+
+def _outside(sdef: StepDef) -> None:
+    if _signals.owners and threading.get_ident() not in _signals.owners:
+        _warn_no_context(sdef)
+
+
+def _run_sync(run: Run, call: StepContext, wrapped: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    durable = call.sdef.durable
+    run.begin(call)
+    try:
+        if durable:
+            run.intend(call)
+            run.flush()
+        token = _STEP.set(call)
+        try:
+            result = wrapped(*args, **kwargs)
+        finally:
+            _STEP.reset(token)
+    except BaseException:
+        run.fail(call)
+        run.end(call)
+        raise
+    run.end(call)
+    run.complete(call, result)
+    if durable:
+        run.flush()
+    return result
+
+
+async def _run_async(run: Run, call: StepContext, wrapped: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    durable = call.sdef.durable
+    run.begin(call)
+    try:
+        if durable:
+            run.intend(call)
+            await run.flush_async()
+        token = _STEP.set(call)
+        try:
+            result = await wrapped(*args, **kwargs)
+        finally:
+            _STEP.reset(token)
+    except BaseException:
+        run.fail(call)
+        run.end(call)
+        raise
+    run.end(call)
+    run.complete(call, result)
+    if durable:
+        await run.flush_async()
+    return result
+
+
+def _make_sync(sdef: StepDef) -> Callable[..., Any]:
+    def step(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        run = _RUN.get()
+        if run is None:
+            if _signals.owners:
+                _outside(sdef)
+            return wrapped(*args, **kwargs)
+        if _STEP.get() is not None or run.finished:
+            return wrapped(*args, **kwargs)
+        call = run.new_call(sdef, wrapped, args, kwargs)
+        if run.replaying:
+            out = run.replay(call)
+            if out is not _NEW:
+                return out
+        return _run_sync(run, call, wrapped, args, kwargs)
+
+    return step
+
+
+def _make_async(sdef: StepDef) -> Callable[..., Any]:
+    async def step(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        run = _RUN.get()
+        if run is None:
+            if _signals.owners:
+                _outside(sdef)
+            return await wrapped(*args, **kwargs)
+        if _STEP.get() is not None or run.finished:
+            return await wrapped(*args, **kwargs)
+        call = run.new_call(sdef, wrapped, args, kwargs)
+        if run.replaying:
+            out = run.replay(call)
+            if out is not _NEW:
+                return out
+        return await _run_async(run, call, wrapped, args, kwargs)
+
+    return step
+
+
+@overload
+def checkpoint(func: Callable[P, R], /) -> Callable[P, R]: ...
+
+
+@overload
+def checkpoint(
+    *,
+    name: str | None = None,
+    durable: bool = False,
+    key: str | Callable[..., Any] | None = None,
+) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+
+def checkpoint(
+    func: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    durable: bool = False,
+    key: str | Callable[..., Any] | None = None,
+) -> Any:
+    """Make a function a step: inside a job, its completion is recorded and replayed.
+
+    Inside a running job (`resumable`) each call is numbered in call order. When it
+    returns, its result is recorded; when the run resumes, a recorded call returns its
+    recorded result without running. Outside a job the function is called as it is.
+    Works on functions, coroutine functions and methods; a step that raises is not
+    recorded and runs again on resume.
+
+    Args:
+        name: The step's name in the record (default: its qualified name). Renaming a
+            step breaks the replay of runs recorded with the old name.
+        durable: Write an intent before the step runs and its completion before it
+            returns, so a completed step never runs twice even if the process dies
+            right after it. `current_step` then tells the attempt and an idempotency
+            key stable across restarts.
+        key: How to tell concurrent calls of this step apart when their order may
+            change between runs: a format string over the step's parameters
+            (``"{url}"``) or a callable taking the step's arguments. Default: a digest
+            of the plain-data arguments.
+
+    Raises:
+        TypeError: for a generator or async generator function (a step returns one
+            value; make the generator a job instead), or bad options.
+    """
+    if not isinstance(durable, bool):
+        raise TypeError(f"durable must be True or False, not {durable!r}")
+    if name is not None and (not isinstance(name, str) or not name):
+        raise TypeError(f"name must be a non-empty string, not {name!r}")
+    if key is not None and not (isinstance(key, str) or callable(key)):
+        raise TypeError(f"key must be a format string or a callable, not {key!r}")
+
+    def decorate(f: Callable[..., Any]) -> Any:
+        kind = kind_of(f)
+        if kind in ("generator", "asyncgen"):
+            raise TypeError(
+                f"@checkpoint cannot decorate the generator function {qualified_name(f)}: a "
+                "step returns one value. Decorate it with @resumable to make each item a "
+                "unit, or return a list."
+            )
+        sdef = StepDef(name or qualified_name(f), durable, key)
+        wrapper = _make_async(sdef) if kind == "coroutine" else _make_sync(sdef)
+        proxy = _Proxy(f, wrapper)
+        proxy._self_step = sdef
+        return proxy
+
+    if func is not None:
+        return decorate(func)
+    return decorate
