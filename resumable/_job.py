@@ -80,7 +80,9 @@ def restart_with(**kwargs: Any) -> None:
     params = run.params
     unknown = [name for name in kwargs if name not in params]
     if unknown:
-        raise TypeError(f"restart_with() got {', '.join(map(repr, unknown))}, which the job {run.job} does not take")
+        raise TypeError(
+            f"restart_with() got {', '.join(map(repr, unknown))}, which the job {run.job} does not take"
+        )
     run.restart_with(kwargs)
 
 
@@ -181,7 +183,12 @@ class JobDef:
         return make_key(f"{self.name}-{digest_plain(plain)}")
 
     def begin(
-        self, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *, start: bool = True
+        self,
+        wrapped: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        start: bool = True,
     ) -> tuple[Run, inspect.BoundArguments] | _Finished:
         """Find or create the run of this call: lock it, load its record, start it."""
         bound = bind_arguments(wrapped, None, args, kwargs)
@@ -253,7 +260,9 @@ class JobDef:
         try:
             run.close(error=None if interrupted else exc)
         except Exception as write_error:
-            logger.error("could not write progress at the end of the run", key=run.key, error=repr(write_error))
+            logger.error(
+                "could not write progress at the end of the run", key=run.key, error=repr(write_error)
+            )
             exc.add_note(f"resumable: progress could not be written: {write_error!r}")
         logger.info(
             "run interrupted" if interrupted else "run failed; it resumes on the next call",
@@ -311,6 +320,8 @@ def _make_async(job: JobDef) -> Callable[..., Any]:
 
 class _JobProxy(_Proxy):
     """A decorated job: callable as the function, plus ``key_for`` and ``reset``."""
+
+    _self_job: JobDef
 
     def key_for(self, *args: Any, **kwargs: Any) -> str:
         """Return the run key that calling the job with these arguments uses."""
@@ -407,12 +418,16 @@ def resumable(
     interval = _config._check_interval(flush_interval)
 
     def decorate(f: Callable[..., Any]) -> Any:
-        job = JobDef(f, key=key, store=store, flush_interval=interval, on_corrupt=on_corrupt, ignore=tuple(ignore))
+        job = JobDef(
+            f, key=key, store=store, flush_interval=interval, on_corrupt=on_corrupt, ignore=tuple(ignore)
+        )
         unknown = [n for n in job.ignore if n not in job.params]
         if unknown:
             raise TypeError(f"ignore= names {unknown}, which {job.name} does not take")
         if isinstance(key, str):
-            fields = {fname.split(".")[0].split("[")[0] for _, fname, _, _ in string.Formatter().parse(key) if fname}
+            fields = {
+                fname.split(".")[0].split("[")[0] for _, fname, _, _ in string.Formatter().parse(key) if fname
+            }
             missing = fields - job.params
             if missing:
                 raise TypeError(f"key={key!r} names {sorted(missing)}, which {job.name} does not take")

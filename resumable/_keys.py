@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-
+import contextlib
 import datetime as dt
 import decimal
 import enum
@@ -107,24 +107,25 @@ def signature_of(func: Callable[..., Any]) -> inspect.Signature:
         return _SIGNATURES[func]
     except (KeyError, TypeError):
         sig = inspect.signature(func)
-        try:
+        with contextlib.suppress(TypeError):  # unhashable callables are not cached
             _SIGNATURES[func] = sig
-        except TypeError:
-            pass
         return sig
 
 
 def _takes_instance(func: Callable[..., Any]) -> bool:
     params = list(signature_of(func).parameters.values())
-    return bool(params) and params[0].kind in (
-        inspect.Parameter.POSITIONAL_ONLY,
-        inspect.Parameter.POSITIONAL_OR_KEYWORD,
-    ) and params[0].name in ("self", "cls")
+    return (
+        bool(params)
+        and params[0].kind
+        in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        )
+        and params[0].name in ("self", "cls")
+    )
 
 
-def plain_arguments(
-    bound: inspect.BoundArguments, ignore: tuple[str, ...] = ()
-) -> dict[str, str]:
+def plain_arguments(bound: inspect.BoundArguments, ignore: tuple[str, ...] = ()) -> dict[str, str]:
     """Return the canonical text of each plain-data argument, by name.
 
     Arguments named in ``ignore``, ``self``/``cls``, and arguments that are not plain
@@ -175,9 +176,5 @@ def format_key(
         try:
             text = template.format(**bound.arguments)
         except (KeyError, IndexError) as exc:
-            raise TypeError(
-                f"key={template!r} names {exc} which is not a parameter of the job"
-            ) from None
+            raise TypeError(f"key={template!r} names {exc} which is not a parameter of the job") from None
     return make_key(text)
-
-

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +39,7 @@ __all__ = [
 FORMAT = "resumable-record"
 CHUNK_FORMAT = "resumable-chunk"
 VERSION = 1
-SECRET_ENV = "RESUMABLE_SECRET"
+SECRET_ENV = "RESUMABLE_SECRET"  # noqa: S105 - the name of the variable, not a secret
 
 #: A recorded step: ``[name, identity digest or None, encoded result or absent]``.
 Entry = list[Any]
@@ -61,7 +62,7 @@ def _json_exact(value: Any) -> bool:
     if kind is str or kind is int or kind is bool or value is None:
         return True
     if kind is float:
-        return value == value and value not in (float("inf"), float("-inf"))
+        return math.isfinite(value)
     if kind is list:
         return all(_json_exact(v) for v in value)
     if kind is dict:
@@ -147,8 +148,7 @@ def _load(raw: bytes, store: str, key: str, fmt: str) -> dict[str, Any]:
         raise CheckpointCorrupted(
             store,
             key,
-            f"format version {version!r} is newer than this resumable reads ({VERSION}); "
-            "upgrade resumable",
+            f"format version {version!r} is newer than this resumable reads ({VERSION}); upgrade resumable",
         )
     checksum = body.pop("checksum", None)
     text = json.dumps(body, sort_keys=True, separators=(",", ":"))

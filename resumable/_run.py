@@ -52,6 +52,12 @@ _NEW: Any = object()  # replay's answer for "not recorded: run the step"
 _CHUNK_ENTRIES = 256  # a chunk is closed (never rewritten again) at this many entries
 _CHUNK_BYTES = 64 * 1024
 
+#: Observers of step events, for `resumable.testing`: each is called as
+#: ``hook(event, call)`` with event ``"before"`` (a step is about to run its body) or
+#: ``"after"`` (its completion is recorded in memory, not yet written). Empty in
+#: normal use, where the check costs one truth test per step.
+STEP_HOOKS: list[Callable[[str, StepContext], None]] = []
+
 #: How the flusher retries a store write that failed (tests may shorten it).
 RETRY_ATTEMPTS = 4
 RETRY_WAIT_MAX = 1.0
@@ -169,7 +175,9 @@ class Flusher:
         self._error: BaseException | None = None
         self._stop = False
         self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-        self._thread = threading.Thread(target=self._loop, name=f"resumable-flusher:{run.key[:40]}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop, name=f"resumable-flusher:{run.key[:40]}", daemon=True
+        )
 
     def start(self) -> None:
         self._thread.start()
@@ -311,8 +319,8 @@ class Run:
         self._rec_entries = entries
         self._rec_holes = dict(self._holes)
         self._rec_intents: dict[str, Entry] = {}
-        for n, intent in head.intents.items():
-            self._rec_intents[str(intent[1])] = [int(n), *intent]
+        for number, intent in head.intents.items():
+            self._rec_intents[str(intent[1])] = [int(number), *intent]
         self._ident_index: dict[str, deque[int]] = {}
         for n in sorted(entries):
             ident = entries[n][1]
@@ -360,7 +368,9 @@ class Run:
         args = check_decode(self._args_encoded, self.store.describe(), self.key)
         return dict(args)
 
-    def snapshot(self, status: str, result: Any = None, error: str | None = None) -> tuple[Head, list[tuple[int, Entry]], int]:
+    def snapshot(
+        self, status: str, result: Any = None, error: str | None = None
+    ) -> tuple[Head, list[tuple[int, Entry]], int]:
         with self._lock:
             self.dirty = False
             done, digest, folded = self._prog
@@ -383,7 +393,9 @@ class Run:
             new = self._new[self._flushed_new : upto]
         return head, new, upto
 
-    def write(self, *, retry: bool, status: str = "running", result: Any = None, error: str | None = None) -> None:
+    def write(
+        self, *, retry: bool, status: str = "running", result: Any = None, error: str | None = None
+    ) -> None:
         """Write the run's completed progress: the newest chunk if it grew, then the head."""
         with self._write_lock:
             head, new, upto = self.snapshot(status, result, error)
@@ -403,7 +415,8 @@ class Run:
                 tenacity.Retrying(
                     stop=tenacity.stop_after_attempt(RETRY_ATTEMPTS),
                     wait=tenacity.wait_exponential(multiplier=0.05, max=RETRY_WAIT_MAX),
-                    retry=tenacity.retry_if_exception_type(OSError) | tenacity.retry_if_exception_type(_transient()),
+                    retry=tenacity.retry_if_exception_type(OSError)
+                    | tenacity.retry_if_exception_type(_transient()),
                     before_sleep=_log_retry(self),
                     reraise=True,
                 )(attempt)
@@ -459,7 +472,9 @@ class Run:
             self._flusher.stop()
         self._lock_handle.release()
 
-    def close(self, *, result: Any = None, finished: bool = False, error: BaseException | None = None) -> None:
+    def close(
+        self, *, result: Any = None, finished: bool = False, error: BaseException | None = None
+    ) -> None:
         """End the run: stop the flusher and write the last progress (raises if it cannot)."""
         _signals.leave(self)
         if self._flusher is not None:
@@ -473,7 +488,9 @@ class Run:
 
     # -- steps ------------------------------------------------------------------------
 
-    def new_call(self, sdef: StepDef, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> StepContext:
+    def new_call(
+        self, sdef: StepDef, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> StepContext:
         n = self._next
         self._next = n + 1
         call = StepContext(self, sdef, n, func, args, kwargs)
@@ -499,12 +516,12 @@ class Run:
                     self._move(n, entry)
                 self.replayed += 1
                 return self._decode(entry)
-        entry = self._rec_entries.get(n)
-        if entry is not None and entry[1] is None:
-            if entry[0] != call.name:
-                self._mismatch(n, entry[0], call.name)
+        recorded = self._rec_entries.get(n)
+        if recorded is not None and recorded[1] is None:
+            if recorded[0] != call.name:
+                self._mismatch(n, recorded[0], call.name)
             self.replayed += 1
-            return self._decode(entry)
+            return self._decode(recorded)
         hole = self._rec_holes.get(n)
         if hole is not None:
             if hole[0] != call.name:
@@ -513,7 +530,7 @@ class Run:
                 self._mismatch(n, None, None, "the steps before it differ from the recorded ones")
             call.attempt = int(hole[3]) + 1
             return _NEW
-        if n < self._rec_done and entry is None:
+        if n < self._rec_done and recorded is None:
             self._replay_digest = _digest.fold(self._replay_digest, call.sdef.code)
             self._replay_folded += 1
             self.replayed += 1
@@ -548,11 +565,14 @@ class Run:
                 self._next,
                 None,
                 None,
-                f"the job returned after {self._next} steps, but the record holds {self._rec_done} completed ones",
+                f"the job returned after {self._next} steps, but the record holds "
+                f"{self._rec_done} completed ones",
             )
 
     def _mismatch(self, n: int, recorded: str | None, called: str | None, detail: str = "") -> None:
-        logger.error("replay mismatch", key=self.key, position=n, recorded=recorded, called=called, detail=detail)
+        logger.error(
+            "replay mismatch", key=self.key, position=n, recorded=recorded, called=called, detail=detail
+        )
         raise ReplayMismatch(self.key, n, recorded, called, detail)
 
     def _move(self, n: int, entry: Entry) -> None:
@@ -720,10 +740,8 @@ class _Signals:
             self.owners = {r._owner for r in self.runs}
             if not self.previous and threading.current_thread() is threading.main_thread():
                 for sig in self.SIGNALS:
-                    try:
+                    with contextlib.suppress(ValueError, OSError):  # not the main interpreter
                         self.previous[sig] = signal.signal(sig, self.handle)
-                    except (ValueError, OSError):  # pragma: no cover - not the main interpreter
-                        pass
 
     def leave(self, run: Run) -> None:
         with self.mutex:

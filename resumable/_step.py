@@ -10,7 +10,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 import wrapt
 
 from resumable._log import logger
-from resumable._run import _NEW, _RUN, _STEP, Run, StepContext, StepDef, _signals
+from resumable._run import _NEW, _RUN, _STEP, STEP_HOOKS, Run, StepContext, StepDef, _signals
 
 __all__ = ["checkpoint"]
 
@@ -21,8 +21,10 @@ _warned_threads: set[str] = set()
 _warn_lock = threading.Lock()
 
 
-class _Proxy(wrapt.FunctionWrapper):  # type: ignore[misc]
+class _Proxy(wrapt.FunctionWrapper):  # type: ignore[type-arg]
     """A decorated function that pickles by reference (module and qualified name)."""
+
+    _self_step: StepDef
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         return (_import_by_name, (self.__wrapped__.__module__, self.__wrapped__.__qualname__))
@@ -78,6 +80,11 @@ def _outside(sdef: StepDef) -> None:
         _warn_no_context(sdef)
 
 
+def _notify(event: str, call: StepContext) -> None:
+    for hook in list(STEP_HOOKS):
+        hook(event, call)
+
+
 def _run_sync(run: Run, call: StepContext, wrapped: Callable[..., Any], args: Any, kwargs: Any) -> Any:
     durable = call.sdef.durable
     run.begin(call)
@@ -85,6 +92,8 @@ def _run_sync(run: Run, call: StepContext, wrapped: Callable[..., Any], args: An
         if durable:
             run.intend(call)
             run.flush()
+        if STEP_HOOKS:
+            _notify("before", call)
         token = _STEP.set(call)
         try:
             result = wrapped(*args, **kwargs)
@@ -96,6 +105,8 @@ def _run_sync(run: Run, call: StepContext, wrapped: Callable[..., Any], args: An
         raise
     run.end(call)
     run.complete(call, result)
+    if STEP_HOOKS:
+        _notify("after", call)
     if durable:
         run.flush()
     return result
@@ -108,6 +119,8 @@ async def _run_async(run: Run, call: StepContext, wrapped: Callable[..., Any], a
         if durable:
             run.intend(call)
             await run.flush_async()
+        if STEP_HOOKS:
+            _notify("before", call)
         token = _STEP.set(call)
         try:
             result = await wrapped(*args, **kwargs)
@@ -119,6 +132,8 @@ async def _run_async(run: Run, call: StepContext, wrapped: Callable[..., Any], a
         raise
     run.end(call)
     run.complete(call, result)
+    if STEP_HOOKS:
+        _notify("after", call)
     if durable:
         await run.flush_async()
     return result

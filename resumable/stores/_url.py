@@ -46,6 +46,4 @@ def open_store(url: str) -> Store:
             ) from exc
         store: Store = ApifyStore(name=unquote(parts.netloc + parts.path) or None)
         return store
-    raise ValueError(
-        f"unknown store URL {url!r}: use file://PATH, memory:// or apify://[NAME]"
-    )
+    raise ValueError(f"unknown store URL {url!r}: use file://PATH, memory:// or apify://[NAME]")
