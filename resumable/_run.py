@@ -311,7 +311,16 @@ class Run:
         self._stale_chunks: list[str] = []
         self._inflight: set[StepContext] = set()
         self._next = 0
-        self.items: dict[str, Any] = dict(head.items)
+        # Items of a generator job: (consumed in this epoch, sink count that goes with it).
+        sink_count = head.items.get("sink")
+        self.item_prog: tuple[int, int | None] = (int(head.items.get("done", 0)), sink_count)
+        self.items_before = int(head.items.get("before", 0))  # consumed in earlier epochs
+        self.rec_items = self.item_prog[0]  # items of this epoch to drop on replay
+        self.item_next = 0  # index of the next item the body yields in this epoch
+        # Items a sink feed had taken but not pushed when a resume point was declared;
+        # saved with the new epoch so that a restart pushes them first.
+        self.resume_point_hooks: list[Callable[[], list[Any]]] = []
+        self.carry_encoded: Any = head.items.get("carry")
         # Replay: what the record holds for this epoch.
         self._rec_done = head.done
         self._rec_digest = int(head.digest, 16)
@@ -385,7 +394,10 @@ class Run:
             head.folded = folded
             head.above = sorted(n for n in self._above if n >= done)
             head.intents = {str(n): list(v) for n, v in self._intents.items()}
-            head.items = dict(self.items)
+            done_items, sink = self.item_prog
+            head.items = {"done": done_items, "before": self.items_before, "sink": sink}
+            if self.carry_encoded is not None:
+                head.items["carry"] = self.carry_encoded
             head.holes = {str(n): list(v) for n, v in self._holes.items() if n < done}
             head.result = result
             head.error = error
@@ -560,6 +572,14 @@ class Run:
 
     def check_end(self) -> None:
         """At the end of the body: a replay that never reached the watermark is a mismatch."""
+        if self.item_next < self.rec_items:
+            self._mismatch(
+                self._next,
+                None,
+                None,
+                f"the generator ended after yielding {self.item_next} items, but the record "
+                f"holds {self.rec_items} consumed ones since the last resume point",
+            )
         if self.replaying and not self._verified and self._next < self._rec_done:
             self._mismatch(
                 self._next,
@@ -651,12 +671,38 @@ class Run:
             done += 1
         self._prog = (done, digest, folded)
 
+    def carried_items(self) -> list[Any]:
+        """The items saved with the last resume point that a sink has yet to receive."""
+        if self.carry_encoded is None:
+            return []
+        return list(check_decode(self.carry_encoded, self.store.describe(), self.key))
+
+    def items_advance(self, new: int, carried: int, carry: list[Any]) -> None:
+        """A sink now holds ``new`` more items of this epoch and ``carried`` saved ones.
+
+        ``carry`` is what remains of the saved items, still to be pushed.
+        """
+        encoded = json.loads(json.dumps(encode_value(carry, "items held for the sink"))) if carry else None
+        with self._lock:
+            done, count = self.item_prog
+            self.item_prog = (done + new, (count or 0) + new + carried)
+            self.carry_encoded = encoded
+            self.dirty = True
+
     # -- resume points ----------------------------------------------------------------
 
     def restart_with(self, bound_update: dict[str, Any]) -> None:
         """Start a new epoch: a restart calls the job with ``bound_update`` applied."""
         if self._inflight:
             raise RuntimeError("restart_with() was called while steps are still running; await them first")
+        if self.item_next < self.rec_items:
+            self._mismatch(
+                self._next,
+                None,
+                None,
+                f"the job declared a resume point after yielding {self.item_next} items, but "
+                f"the record holds {self.rec_items} consumed items since the last one",
+            )
         if self.replaying and self._next < self._replay_until:
             self._mismatch(
                 self._next,
@@ -665,6 +711,12 @@ class Run:
                 f"the job declared a resume point after {self._next} steps, but the record "
                 f"holds {self._rec_done} completed steps since the last one",
             )
+        carry: list[Any] = []
+        for hook in self.resume_point_hooks:
+            carry.extend(hook())  # items a sink feed holds: saved so none is left behind
+        carry_encoded = (
+            json.loads(json.dumps(encode_value(carry, "items held for the sink"))) if carry else None
+        )
         merged = dict(self.restart_args() or {})
         merged.update(bound_update)
         args = encode_value(merged, "restart_with() arguments")
@@ -690,6 +742,13 @@ class Run:
             self._chunk_index = 0
             self._chunk = {}
             self._stale_chunks.extend(old)
+            done_items, sink = self.item_prog
+            self.items_before += done_items
+            self.item_prog = (0, sink)
+            if carry_encoded is not None:
+                self.carry_encoded = carry_encoded
+            self.item_next = 0
+            self.rec_items = 0
             self.dirty = True
 
 
