@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import threading
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from resumable.stores._base import Store
 
 __all__ = ["configure", "resolve_store"]
 
 _UNSET: Any = object()
+T = TypeVar("T")
+
+#: The event loop of the async code that started the current run (set by async job
+#: wrappers before they hand blocking work to a thread), for stores whose back end
+#: lives on that loop.
+LOOP: ContextVar[Any] = ContextVar("resumable_loop", default=None)
 
 
 @dataclass
@@ -69,6 +78,15 @@ def _from_url(url: str) -> Store:
         return store
 
 
+def _context_hooks(hooks: list[Callable[[], T]]) -> list[Callable[[], T]]:
+    # The Apify integration answers only where the apify SDK is in use; it is imported
+    # here, lazily, so that jobs inside `async with Actor:` need no configuration.
+    if "apify" in sys.modules and "resumable.apify" not in sys.modules:
+        with contextlib.suppress(ImportError):  # a broken apify install: no hooks
+            import resumable.apify  # noqa: F401 - registers its hooks
+    return list(hooks)
+
+
 def resolve_store(explicit: Store | str | None) -> Store:
     """Pick the store of a run: explicit, then configure(), the context, the environment."""
     if isinstance(explicit, Store):
@@ -79,7 +97,7 @@ def resolve_store(explicit: Store | str | None) -> Store:
         return _defaults.store
     if isinstance(_defaults.store, str):
         return _from_url(_defaults.store)
-    for hook in context_stores:
+    for hook in _context_hooks(context_stores):
         found = hook()
         if found is not None:
             return found
@@ -97,7 +115,7 @@ def resolve_interval(explicit: float | None) -> float:
         return explicit
     if _defaults.flush_interval is not None:
         return _defaults.flush_interval
-    for hook in context_intervals:
+    for hook in _context_hooks(context_intervals):
         found = hook()
         if found is not None:
             return found

@@ -15,6 +15,7 @@ import contextvars
 from collections.abc import AsyncGenerator, Callable, Generator
 from typing import Any
 
+from resumable import _config
 from resumable._job import JobDef, _Finished
 from resumable._run import _RUN, Run
 from resumable.sinks import BINDING, Binding, SinkFeed
@@ -124,6 +125,7 @@ async def _adrive(
     job: JobDef, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> AsyncGenerator[Any, Any]:
     binding = BINDING.get()
+    _config.LOOP.set(asyncio.get_running_loop())
     started = await asyncio.to_thread(job.begin, wrapped, args, kwargs, start=False)
     if isinstance(started, _Finished):
         return
@@ -184,7 +186,7 @@ async def _adrive(
             finally:
                 _RUN.reset(run_token)
         finally:
-            JobDef.end_error(run, exc)
+            await asyncio.shield(asyncio.to_thread(JobDef.end_error, run, exc))
         raise
     except BaseException as exc:
         try:

@@ -295,6 +295,7 @@ def _make_sync(job: JobDef) -> Callable[..., Any]:
 
 def _make_async(job: JobDef) -> Callable[..., Any]:
     async def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        _config.LOOP.set(asyncio.get_running_loop())
         started = await asyncio.to_thread(job.begin, wrapped, args, kwargs, start=False)
         if isinstance(started, _Finished):
             return started.result

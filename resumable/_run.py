@@ -346,11 +346,21 @@ class Run:
         self.interval = flush_interval
         self.finished = False
         self.params: set[str] = set()
+        self._detach: Callable[[], None] | None = None
 
     # -- the store ------------------------------------------------------------------
 
     def describe_store(self) -> str:
         return self.store.describe()
+
+    @property
+    def items_done(self) -> int:
+        """Items of a generator job consumed so far, over all resume points."""
+        return self.items_before + self.item_prog[0]
+
+    def in_flight(self) -> int:
+        """How many steps are running now."""
+        return len(self._inflight)
 
     @property
     def done(self) -> int:
@@ -364,6 +374,7 @@ class Run:
         self._flusher = Flusher(self, self.interval)
         self._flusher.start()
         _signals.enter(self)
+        self._detach = self.store.attach(self)
 
     def _decode_state(self) -> dict[str, Any]:
         state = check_decode(self._state_encoded, self.store.describe(), self.key)
@@ -477,8 +488,17 @@ class Run:
         except Exception as exc:
             logger.error("flush on signal failed", key=self.key, error=repr(exc))
 
+    def _detach_store(self) -> None:
+        detach, self._detach = self._detach, None
+        if detach is not None:
+            try:
+                detach()
+            except Exception as exc:
+                logger.warning("could not detach the run from its store", key=self.key, error=repr(exc))
+
     def abandon(self) -> None:
         """Give the run up without writing (it never started)."""
+        self._detach_store()
         _signals.leave(self)
         if self._flusher is not None:
             self._flusher.stop()
@@ -488,6 +508,7 @@ class Run:
         self, *, result: Any = None, finished: bool = False, error: BaseException | None = None
     ) -> None:
         """End the run: stop the flusher and write the last progress (raises if it cannot)."""
+        self._detach_store()
         _signals.leave(self)
         if self._flusher is not None:
             self._flusher.stop()

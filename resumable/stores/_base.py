@@ -5,7 +5,8 @@ from __future__ import annotations
 import abc
 import asyncio
 import re
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
 __all__ = ["KEY_PATTERN", "MAX_KEY_LENGTH", "RunLock", "Store", "check_key"]
 
@@ -68,6 +69,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def lock(self, key: str) -> RunLock:
         """Take the run lock of ``key`` at once, or raise `RunLocked`."""
+
+    def attach(self, run: Any) -> Callable[[], None] | None:
+        """Called when a run on this store starts; may return a function to detach.
+
+        A store tied to a platform (Apify) wires the platform's events to the run here.
+        The default does nothing.
+        """
+        return None
 
     def is_locked(self, key: str) -> bool:
         """Tell whether a live run holds ``key`` (a probe that takes and drops the lock)."""
