@@ -370,6 +370,14 @@ def _store(ctx: click.Context) -> Store:
     return lazy.store
 
 
+def _items_done(head: Head) -> int | None:
+    """Items consumed over the whole run: in earlier epochs and in this one."""
+    done, before = head.items.get("done"), head.items.get("before", 0)
+    if not isinstance(done, int) or not isinstance(before, int):
+        return None
+    return before + done
+
+
 def _list_row(view: _View) -> dict[str, Any]:
     head = view.head
     row: dict[str, Any] = {
@@ -380,7 +388,7 @@ def _list_row(view: _View) -> dict[str, Any]:
         "epoch": head.epoch if head else None,
         "units_done": head.done if head else None,
         "units_above": len(head.above) if head else None,
-        "items_done": head.items.get("done") if head else None,
+        "items_done": _items_done(head) if head else None,
         "resume_point": _shown(head.args) if head else None,
         "updated": head.updated if head else None,
         "updated_utc": _when(head.updated) if head else None,
@@ -471,6 +479,7 @@ def _show_data(view: _View, store: Store, unpickle: bool) -> dict[str, Any]:
             "folded": head.folded,
             "digest": head.digest,
             "items": head.items,
+            "items_done": _items_done(head),
             "resume_point": shown(head.args),
             "state": shown(head.state),
             "steps": [
@@ -568,8 +577,14 @@ def _print_show(data: dict[str, Any]) -> None:
     line("epoch", f"{data['epoch']} (resume points declared)")
     above = f", and {', '.join(map(str, data['above']))} above it" if data["above"] else ""
     line("watermark", f"{data['watermark']} units done{above}")
-    if data["items"]:
-        line("items", ", ".join(f"{k} {json.dumps(v)}" for k, v in sorted(data["items"].items())))
+    items = data["items"]
+    if items:
+        text = f"{data['items_done']} consumed ({items.get('before', 0)} before this epoch)"
+        if items.get("sink") is not None:
+            text += f", the sink holds {items['sink']}"
+        if items.get("carry") is not None:
+            text += ", with carried items"
+        line("items", text)
     line("resume point", _resume_text(data["resume_point"]))
     line("state", _text(data["state"]))
     steps = data["steps"]
@@ -769,7 +784,14 @@ def _parse_export(data: Any, key: str) -> tuple[Head, dict[int, Entry]]:
         "'progress.above' must list unit numbers above 'progress.done'",
     )
     _need(len(set(above)) == len(above), "'progress.above' lists a unit twice")
-    _need(isinstance(progress["items"], dict), "'progress.items' must be an object")
+    items = progress["items"]
+    _need(isinstance(items, dict), "'progress.items' must be an object")
+    for name in ("done", "before"):
+        value = items.get(name, 0)
+        _need(_is_int(value) and value >= 0, f"'progress.items.{name}' must be a whole number >= 0")
+    sink = items.get("sink")
+    _need(sink is None or (_is_int(sink) and sink >= 0), "'progress.items.sink' must be null or >= 0")
+    _check_encoded(items.get("carry"), "'progress.items.carry'")
 
     holes_in = progress["holes"]
     _need(isinstance(holes_in, dict), "'progress.holes' must be an object")
