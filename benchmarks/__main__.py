@@ -1,0 +1,88 @@
+"""``python -m benchmarks [--quick] [--json PATH] [--only NAME...] [--full]``: print the table."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks._harness import Row, check_finite, dump, progress, render, sizes
+
+GROUPS = ("core", "generators", "dbos")
+
+
+def machine() -> dict[str, Any]:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import resumable
+
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu,
+        "nproc": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "resumable": resumable.__version__,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: seconds, for the smoke test")
+    parser.add_argument("--full", action="store_true", help="also DBOS recovery at k=10^5 (slow)")
+    parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    parser.add_argument("--only", nargs="+", choices=GROUPS, help="run only these groups")
+    args = parser.parse_args(argv)
+    sz = sizes(args.quick, args.full)
+    groups = args.only or list(GROUPS)
+    meta = machine()
+    meta["mode"] = "quick" if args.quick else ("full" if args.full else "default")
+    started = time.perf_counter()
+    rows: list[Row] = []
+    todo: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="resumable-bench-", dir=os.environ.get("BENCH_DIR")) as tmp:
+        if "core" in groups:
+            from benchmarks import core
+
+            rows += core.all_rows(sz, Path(tmp))
+        if "generators" in groups:
+            from benchmarks import generators
+
+            got, missing = generators.all_rows(sz, Path(tmp))
+            rows += got
+            todo += missing
+        if "dbos" in groups:
+            from benchmarks import dbos_cmp
+
+            rows += dbos_cmp.all_rows(sz, Path(tmp))
+    meta["seconds"] = round(time.perf_counter() - started, 1)
+    meta["todo"] = todo
+    check_finite(rows)
+    print(
+        f"resumable {meta['resumable']} benchmarks, {meta['date']}: {meta['cpu']}, {meta['nproc']} CPUs, "
+        f"Python {meta['python']}, mode {meta['mode']}, {meta['seconds']} s"
+    )
+    print()
+    print(render(rows))
+    for item in todo:
+        print(f"TODO: {item}")
+    if args.json:
+        dump(rows, args.json, meta)
+        progress(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
