@@ -17,6 +17,7 @@ from resumable._record import (
     Entry,
     Head,
     check_decode,
+    check_verify,
     chunk_key,
     encode_value,
     load_chunk,
@@ -106,32 +107,18 @@ def _load(store: Store, key: str, on_corrupt: str) -> tuple[Head | None, dict[in
         return None, {}
     where = store.describe()
     try:
-        head = load_head(raw, where, key)
-        if head.key != key:
-            raise CheckpointCorrupted(where, key, f"it is the record of {head.key!r}")
-        entries: dict[int, Entry] = {}
-        first, last = head.chunks
-        for index in range(first, last + 1):
-            ckey = chunk_key(key, head.epoch, index)
-            craw = store.get(ckey)
-            if craw is None:
-                raise CheckpointCorrupted(where, key, f"its chunk {ckey!r} is missing")
-            for n, entry in load_chunk(craw, where, ckey).items():
-                if not (isinstance(entry, list) and 2 <= len(entry) <= 3 and isinstance(entry[0], str)):
-                    raise CheckpointCorrupted(where, key, f"a malformed entry in chunk {ckey!r}")
-                entries[int(n)] = entry
-        completed = set(head.above)
-        holes = {int(n) for n in head.holes}
-        entries = {n: e for n, e in entries.items() if (n < head.done and n not in holes) or n in completed}
-        return head, entries
+        return _read(store, key, raw)
     except CheckpointCorrupted as exc:
         if on_corrupt != "restart":
             raise
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
         aside = f"{key}(corrupt){stamp}"
-        store.set(aside, raw)
         for old in store.keys(f"{key}(r)"):
+            value = store.get(old)
+            if value is not None:
+                store.set(aside + old[len(key) :], value)
             store.delete(old)
+        store.set(aside, raw)
         store.delete(key)
         logger.warning(
             "corrupt record moved aside; the run starts over",
@@ -141,6 +128,46 @@ def _load(store: Store, key: str, on_corrupt: str) -> tuple[Head | None, dict[in
             reason=exc.reason,
         )
         return None, {}
+
+
+def _read(store: Store, key: str, raw: bytes) -> tuple[Head, dict[int, Entry]]:
+    """Read a run's head and chunks; anything off raises `CheckpointCorrupted`."""
+    where = store.describe()
+    head = load_head(raw, where, key)
+    if head.key != key:
+        raise CheckpointCorrupted(where, key, f"it is the record of {head.key!r}")
+    try:
+        holes = {int(n) for n in head.holes}
+        for intent in head.intents:
+            int(intent)
+    except ValueError:
+        raise CheckpointCorrupted(where, key, "a hole or intent is not a unit number") from None
+    check_verify(head.result, where, key)
+    check_verify(head.args, where, key)
+    check_verify(head.state, where, key)
+    check_verify(head.items.get("carry"), where, key)
+    entries: dict[int, Entry] = {}
+    first, last = head.chunks
+    for index in range(first, last + 1):
+        ckey = chunk_key(key, head.epoch, index)
+        craw = store.get(ckey)
+        if craw is None:
+            raise CheckpointCorrupted(where, key, f"its chunk {ckey!r} is missing")
+        for n, entry in load_chunk(craw, where, ckey).items():
+            if not (isinstance(entry, list) and 2 <= len(entry) <= 3 and isinstance(entry[0], str)):
+                raise CheckpointCorrupted(where, key, f"a malformed entry in chunk {ckey!r}")
+            try:
+                unit = int(n)
+            except ValueError:
+                raise CheckpointCorrupted(
+                    where, key, f"chunk {ckey!r} holds {n!r}, not a unit number"
+                ) from None
+            if len(entry) > 2:
+                check_verify(entry[2], where, key)
+            entries[unit] = entry
+    completed = set(head.above)
+    entries = {n: e for n, e in entries.items() if (n < head.done and n not in holes) or n in completed}
+    return head, entries
 
 
 def delete_run(store: Store, key: str) -> bool:
@@ -256,6 +283,11 @@ class JobDef:
 
     @staticmethod
     def end_error(run: Run, exc: BaseException) -> None:
+        if isinstance(exc, CheckpointCorrupted):
+            # The record could not be read: leave every byte of it as it is.
+            run.abandon()
+            logger.error("run stopped: its record cannot be read", key=run.key, error=str(exc))
+            return
         interrupted = isinstance(exc, _INTERRUPTIONS)
         try:
             run.close(error=None if interrupted else exc)

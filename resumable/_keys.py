@@ -18,8 +18,8 @@ from typing import Any
 __all__ = ["NotPlain", "bind_arguments", "digest_plain", "is_plain", "make_key", "plain_arguments"]
 
 _RUN_KEY_MAX = 200  # leaves room for the suffixes of a run's auxiliary records
-_UNSAFE = re.compile(r"[^a-zA-Z0-9!\-_.']+")
-_SAFE = re.compile(r"[a-zA-Z0-9!\-_.']{1,200}")
+_UNSAFE = re.compile(r"[^a-zA-Z0-9\-_.']+")
+_SAFE = re.compile(r"[a-zA-Z0-9\-_.']{1,200}")
 
 
 class NotPlain(Exception):
@@ -151,16 +151,16 @@ def digest_plain(values: Mapping[str, str] | Any, size: int = 16) -> str:
 def make_key(text: str) -> str:
     """Make any text a run key every store accepts.
 
-    Text that already fits (up to 200 characters of ``a-zA-Z0-9!-_.'``, not starting
+    Text that already fits (up to 200 characters of ``a-zA-Z0-9-_.'``, not starting
     with a dot) is kept as it is. Other text keeps a readable prefix of its safe
-    characters and gets a digest of the whole text appended, so two different texts
-    never share a key.
+    characters and gets ``!`` and a digest of the whole text appended. Kept text never
+    holds a ``!`` and made keys always do, so two different texts never share a key.
     """
     if _SAFE.fullmatch(text) and not text.startswith("."):
         return text
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
     prefix = _UNSAFE.sub("_", text).strip("._")[: _RUN_KEY_MAX - 18] or "run"
-    return f"{prefix}-{digest}"
+    return f"{prefix}!{digest}"
 
 
 def format_key(

@@ -109,6 +109,18 @@ def decode_value(encoded: Any) -> Any:
         return encoded["$json"]
     if "$pickle" not in encoded:
         return encoded
+    verify_value(encoded)
+    data = base64.b64decode(encoded["$pickle"])
+    try:
+        return cloudpickle.loads(data)
+    except Exception as exc:
+        raise _BadValue(f"a pickled value cannot be loaded ({type(exc).__name__}: {exc})") from None
+
+
+def verify_value(encoded: Any) -> None:
+    """Check an encoded value's form and signature without loading it (raises ``_BadValue``)."""
+    if type(encoded) is not dict or "$pickle" not in encoded:
+        return
     try:
         data = base64.b64decode(encoded["$pickle"], validate=True)
     except (ValueError, TypeError) as exc:
@@ -118,15 +130,10 @@ def decode_value(encoded: Any) -> Any:
     if secret is not None:
         if not isinstance(mac, str):
             raise _BadValue(f"a pickled value is not signed, but {SECRET_ENV} is set")
-        good = hmac.new(secret, data, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(good, mac):
+        if not hmac.compare_digest(hmac.new(secret, data, hashlib.sha256).hexdigest(), mac):
             raise _BadValue(f"a pickled value failed its HMAC check against {SECRET_ENV}")
     elif mac is not None:
         raise _BadValue(f"a pickled value is signed, but {SECRET_ENV} is not set to check it")
-    try:
-        return cloudpickle.loads(data)
-    except Exception as exc:
-        raise _BadValue(f"a pickled value cannot be loaded ({type(exc).__name__}: {exc})") from None
 
 
 def _dump(body: dict[str, Any]) -> bytes:
@@ -268,6 +275,14 @@ def load_chunk(raw: bytes, store: str, key: str) -> dict[str, Entry]:
     if not isinstance(entries, dict):
         raise CheckpointCorrupted(store, key, "a chunk without entries")
     return entries
+
+
+def check_verify(encoded: Any, store: str, key: str) -> None:
+    """`verify_value`, with refusals raised as `CheckpointCorrupted`."""
+    try:
+        verify_value(encoded)
+    except _BadValue as exc:
+        raise CheckpointCorrupted(store, key, str(exc)) from None
 
 
 def check_decode(encoded: Any, store: str, key: str) -> Any:

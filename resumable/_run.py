@@ -306,7 +306,9 @@ class Run:
         self._intents: dict[int, Entry] = {}
         self._new: list[tuple[int, Entry]] = []
         self._flushed_new = 0
-        self._chunk_index = max(head.chunks[1], 0)
+        # A resumed run writes its results to a new chunk: recorded chunks are never
+        # rewritten, so nothing recorded can be lost by a later write.
+        self._chunk_index = head.chunks[1] + 1
         self._chunk: dict[str, Entry] = {}
         self._stale_chunks: list[str] = []
         self._inflight: set[StepContext] = set()
