@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import importlib
 import importlib.util
 import json
 import os
@@ -18,7 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import click
 
@@ -103,20 +104,37 @@ def _open_store(url: str | None) -> Store:
 
     if not url:
         url = f"file://{default_dir()}"
-    scheme = urlsplit(url).scheme.lower()
-    if scheme == "apify":
-        if importlib.util.find_spec("resumable.apify") is None:
-            _fail(
-                f"apify:// needs resumable's Apify integration (the resumable.apify module), "
-                f"which is not available yet in this version; cannot open {url!r}",
-                EXIT_USAGE,
-            )
-        if not os.environ.get("APIFY_TOKEN"):
-            _fail(f"apify:// needs APIFY_TOKEN set to reach the platform; cannot open {url!r}", EXIT_USAGE)
+    parts = urlsplit(url)
+    if parts.scheme.lower() == "apify":
+        return _open_apify(url, unquote(parts.netloc + parts.path) or None)
     try:
         return open_store(url)
     except ValueError as exc:
         _fail(str(exc), EXIT_USAGE)
+
+
+def _open_apify(url: str, name: str | None) -> Store:
+    # resumable.apify.ApifyStore lives inside `async with Actor:` and, off the platform,
+    # opens the local storage: neither fits a command that reads the platform's store.
+    # The command uses `resumable.apify.cli_store(name)` once that module provides it.
+    factory = None
+    if importlib.util.find_spec("resumable.apify") is not None:
+        try:
+            module = importlib.import_module("resumable.apify")
+        except ImportError as exc:
+            _fail(f"{url!r} needs the apify extra: pip install 'resumable[apify]' ({exc})", EXIT_USAGE)
+        factory = getattr(module, "cli_store", None)
+    if factory is None:
+        _fail(
+            f"apify:// needs a platform client for the command line, which resumable.apify does "
+            f"not provide yet (not available yet); cannot open {url!r}. Meanwhile, inspect runs "
+            "inside the Actor, or use the Apify console: records are JSON.",
+            EXIT_USAGE,
+        )
+    if not os.environ.get("APIFY_TOKEN"):
+        _fail(f"apify:// needs APIFY_TOKEN set to reach the platform; cannot open {url!r}", EXIT_USAGE)
+    store: Store = factory(name)
+    return store
 
 
 class _Reads(Store):
@@ -430,7 +448,7 @@ def list_runs(ctx: click.Context, as_json: bool) -> None:
                 row["job"] or "-",
                 row["status"],
                 units,
-                "-" if row["items_done"] is None else str(row["items_done"]),
+                "-" if not row["items_done"] else str(row["items_done"]),
                 _short(_resume_text(row["resume_point"]), 28),
                 row["updated_utc"] or "-",
                 _size(row["size"]),
@@ -578,7 +596,7 @@ def _print_show(data: dict[str, Any]) -> None:
     above = f", and {', '.join(map(str, data['above']))} above it" if data["above"] else ""
     line("watermark", f"{data['watermark']} units done{above}")
     items = data["items"]
-    if items:
+    if data["items_done"] or items.get("sink") is not None or items.get("carry") is not None:
         text = f"{data['items_done']} consumed ({items.get('before', 0)} before this epoch)"
         if items.get("sink") is not None:
             text += f", the sink holds {items['sink']}"
@@ -588,7 +606,7 @@ def _print_show(data: dict[str, Any]) -> None:
     line("resume point", _resume_text(data["resume_point"]))
     line("state", _text(data["state"]))
     steps = data["steps"]
-    line("steps", f"{len(steps)} recorded results in this epoch")
+    line("steps", f"{len(steps)} with a recorded result in this epoch")
     for step in steps:
         size = "no result" if step["result_size"] is None else _size(step["result_size"])
         ident = f"  [{step['identity']}]" if step["identity"] else ""
