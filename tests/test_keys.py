@@ -362,7 +362,7 @@ def test_a_step_inside_a_job_does_not_change_its_key() -> None:
 # -- make_key ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text", ["run", "sync-acme", "a.b_c-d!e'f", "x" * 200, "2024-01-01"])
+@pytest.mark.parametrize("text", ["run", "sync-acme", "a.b_c-d'e", "x" * 200, "2024-01-01"])
 def test_make_key_keeps_safe_text(text: str) -> None:
     assert make_key(text) == text
 
@@ -370,20 +370,22 @@ def test_make_key_keeps_safe_text(text: str) -> None:
 @pytest.mark.parametrize(
     ("text", "prefix"),
     [
-        ("sync acme/2024", "sync_acme_2024-"),
-        ("caf\u00e9 au lait", "caf_au_lait-"),
-        (".hidden", "hidden-"),
-        ("..", "run-"),
-        ("", "run-"),
-        ("tests.mod.f.<locals>.job-1a2b", "tests.mod.f._locals_.job-1a2b-"),
-        ("a(b)", "a_b-"),
+        ("sync acme/2024", "sync_acme_2024"),
+        ("caf\u00e9 au lait", "caf_au_lait"),
+        (".hidden", "hidden"),
+        ("..", "run"),
+        ("", "run"),
+        ("tests.mod.f.<locals>.job-1a2b", "tests.mod.f._locals_.job-1a2b"),
+        ("a(b)", "a_b"),
+        ("it's!", "it's"),
     ],
 )
 def test_make_key_keeps_a_readable_prefix(text: str, prefix: str) -> None:
     key = make_key(text)
     assert check_key(key) == key
     assert key.startswith(prefix)
-    assert len(key) == len(prefix) + 16
+    assert len(prefix) + 8 <= len(key) <= len(prefix) + 34  # a digest is appended
+    assert key != prefix
 
 
 def test_make_key_hashes_what_is_too_long() -> None:
@@ -415,11 +417,6 @@ def test_make_key_distinct_near_misses() -> None:
     assert len(set(keys)) == len(texts)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (minor): make_key keeps safe text as it is, so a text that looks like a "
-    "hashed key (make_key('a b') == 'a_b-<digest>') collides with the text it was made from",
-)
 def test_make_key_never_collides_with_a_hashed_key() -> None:
     text = "a b"
     lookalike = make_key(text)  # 'a_b-<16 hex digits>', itself safe text

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from resumable import (
     CheckpointCorrupted,
@@ -372,12 +373,6 @@ def test_tampered_finished_result_refused(tmp_path: Path, monkeypatch: pytest.Mo
     assert _snapshot(t.store) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a step result refused at replay (bad signature) ends the run through "
-    "JobDef.end_error, which rewrites the head (updated, attempts, error): the record is "
-    "not left as it was",
-)
 def test_refused_step_result_leaves_every_byte_as_it_was(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -391,12 +386,6 @@ def test_refused_step_result_leaves_every_byte_as_it_was(
     assert _snapshot(t.store) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: on_corrupt='restart' only covers what _job._load checks; a step result "
-    "refused later, at replay (bad signature), raises CheckpointCorrupted instead of "
-    "moving the record aside and starting over",
-)
 def test_restart_on_bad_signature(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(SECRET_ENV, "s3cret")
     store = FileStore(tmp_path)
@@ -512,37 +501,30 @@ def test_corrupt_finished_record_raises(tmp_path: Path, case: str) -> None:
 
 
 @pytest.mark.parametrize("case", ALL_CASES)
-def test_on_corrupt_restart_moves_the_head_aside_and_starts_over(tmp_path: Path, case: str) -> None:
+def test_on_corrupt_restart_moves_the_record_aside_and_starts_over(tmp_path: Path, case: str) -> None:
     store = FileStore(tmp_path)
     key = Job(store).interrupted()
     _corrupt(case, store, key)
-    head_bytes = store.get(key)
+    before = _snapshot(store)
     t = Job(store, on_corrupt="restart")
-    assert t.job(3) == Job.expected(3)
+    with capture_logs() as logs:
+        assert t.job(3) == Job.expected(3)
     assert t.calls == Counter(json=3, tuple=3, point=3, none=3)  # from scratch
-    aside = [k for k in store.keys("") if "(corrupt)" in k]
-    assert len(aside) == 1
-    assert aside[0].startswith(key)
-    assert store.get(aside[0]) == head_bytes
+    aside = {k: v for k, v in _snapshot(store).items() if "(corrupt)" in k}
+    assert aside
+    assert all(k.startswith(key) for k in aside)
+    # Everything the corrupt record held is kept, byte for byte.
+    for old_key, value in before.items():
+        assert value in aside.values(), f"{old_key} was not kept"
+    heads = [k for k in aside if "(r)" not in k]
+    assert len(heads) == 1
+    assert aside[heads[0]] == before[key]
+    warning = next(e for e in logs if e["log_level"] == "warning")
+    assert warning["moved_to"] == heads[0]
     assert json.loads(store.get(key) or b"")["status"] == "finished"
     # The new run is an ordinary one: called again, it returns its result.
     assert t.job(3) == Job.expected(3)
     assert t.calls["json"] == 3
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: on_corrupt='restart' keeps only the head under KEY(corrupt)STAMP and deletes "
-    "the old chunks (_job._load), so a corrupt chunk (the evidence) is lost, not moved aside",
-)
-def test_on_corrupt_restart_keeps_a_corrupt_chunk(tmp_path: Path) -> None:
-    store = FileStore(tmp_path)
-    key = Job(store).interrupted()
-    _corrupt_chunk_checksum(store, key)
-    chunk_bytes = store.get(f"{key}(r)0.0")
-    t = Job(store, on_corrupt="restart")
-    assert t.job(3) == Job.expected(3)
-    assert chunk_bytes in [store.get(k) for k in store.keys("") if "(corrupt)" in k]
 
 
 def test_on_corrupt_must_be_known() -> None:
