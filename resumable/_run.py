@@ -110,7 +110,18 @@ class StepDef:
 class StepContext:
     """One call of a step inside a run (see `current_step`)."""
 
-    __slots__ = ("args", "attempt", "concurrent", "func", "ident", "kwargs", "number", "run", "sdef")
+    __slots__ = (
+        "args",
+        "attempt",
+        "concurrent",
+        "func",
+        "ident",
+        "key_number",
+        "kwargs",
+        "number",
+        "run",
+        "sdef",
+    )
 
     def __init__(
         self,
@@ -124,6 +135,7 @@ class StepContext:
         self.run = run
         self.sdef = sdef
         self.number = number
+        self.key_number = number  # the number of its first attempt, for idempotency_key
         self.func = func
         self.args = args
         self.kwargs = kwargs
@@ -139,7 +151,7 @@ class StepContext:
     @property
     def idempotency_key(self) -> str:
         """``"<run key>:<epoch>.<step number>"``: the same for this step across restarts."""
-        return f"{self.run.key}:{self.run.epoch}.{self.number}"
+        return f"{self.run.key}:{self.run.epoch}.{self.key_number}"
 
     def identity(self) -> str:
         if self.ident is None:
@@ -342,7 +354,7 @@ class Run:
         self._replay_digest = 0
         self._replay_folded = 0
         self._verified = not head.done and not self._holes
-        self.replaying = self._replay_until > 0 or bool(self._ident_index)
+        self.replaying = self._replay_until > 0 or bool(self._ident_index) or bool(self._rec_intents)
         self.replayed = 0
         self._flusher: Flusher | None = None
         self.interval = flush_interval
@@ -537,9 +549,9 @@ class Run:
         """Return the recorded result of ``call``, or ``_NEW`` when it must run."""
         n = call.number
         if n >= self._replay_until and not self._ident_index:
-            self.replaying = False
-            self._verify(call)
-            return _NEW
+            if not self._rec_intents:
+                self.replaying = False
+            return self._start_new(call)
         if self._ident_index:
             queue = self._ident_index.get(call.identity())
             if queue:
@@ -570,7 +582,16 @@ class Run:
             self._replay_folded += 1
             self.replayed += 1
             return None
+        return self._start_new(call)
+
+    def _start_new(self, call: StepContext) -> Any:
+        # New work during replay: the replayed steps must match the record first.
         self._verify(call)
+        if self._rec_intents and call.sdef.durable:
+            intent = self._rec_intents.pop(call.identity(), None)
+            if intent is not None:  # it started before the restart and never completed
+                call.attempt = max(call.attempt, int(intent[3]) + 1)
+                call.key_number = int(intent[0])
         return _NEW
 
     def _decode(self, entry: Entry) -> Any:
@@ -589,9 +610,6 @@ class Run:
                 f"{self._rec_folded}, or their names differ",
             )
         self._verified = True
-        intent = self._rec_intents.get(call.identity()) if call.sdef.durable else None
-        if intent is not None:
-            call.attempt = max(call.attempt, int(intent[3]) + 1)
 
     def check_end(self) -> None:
         """At the end of the body: a replay that never reached the watermark is a mismatch."""
