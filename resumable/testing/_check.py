@@ -53,6 +53,7 @@ def assert_resumable(
     *,
     setup: Callable[[], Any] | None = None,
     observe: Callable[[], Any] | None = None,
+    consume: Callable[[Any], Any] | None = None,
     max_examples: int | None = None,
     max_crashes: int = 3,
     schedules: Any = None,
@@ -79,6 +80,10 @@ def assert_resumable(
             boundary): returns what the job did to the outside world, such as a list
             of rows or of calls. Lists, tuples, sets and `collections.Counter` are
             compared as multisets, dicts key by key.
+        consume: For a generator job: your consumer's code, called with each item
+            (a crash can come after it handled an item, before it asked for the
+            next). Items are delivered at least once: a consumer with side effects
+            needs a counting sink (`resumable.sinks.drain`) for exactly once.
         max_examples: How many schedules to try (default: the Hypothesis profile's).
         max_crashes: At most this many crashes (restarts) per schedule.
         schedules: A strategy of `Schedule` to draw from instead of the default
@@ -100,9 +105,14 @@ def assert_resumable(
 
     from resumable.testing._strategies import crash_schedules
 
-    if setup is not None:
-        setup()
-    reference = run_with_crashes(start, Schedule(), observe=observe, flushing=flushing)
+    def run(schedule: Schedule, trace: bool = False) -> Report:
+        if setup is not None:
+            setup()
+        return run_with_crashes(
+            start, schedule, observe=observe, consume=consume, flushing=flushing, trace=trace
+        )
+
+    reference = run(Schedule())
     first = reference.attempts[0]
     if not first.events["write"]:
         raise ValueError(
@@ -114,6 +124,7 @@ def assert_resumable(
             steps=max(first.events["before_step"], 1),
             writes=first.events["write"],
             items=first.events["item"],
+            pushes=first.events["push"],
             max_crashes=max_crashes,
         )
     base = settings if settings is not None else hsettings()
@@ -134,16 +145,12 @@ def assert_resumable(
     def check(schedule: Schedule) -> None:
         nonlocal examples, restarts
         examples += 1
-        if setup is not None:
-            setup()
-        report = run_with_crashes(start, schedule, observe=observe, flushing=flushing)
+        report = run(schedule)
         restarts += report.restarts
         if _problems(reference, report):
             # Run it again with the outside world observed at every step boundary,
             # to tell where the difference came from.
-            if setup is not None:
-                setup()
-            traced = run_with_crashes(start, schedule, observe=observe, flushing=flushing, trace=True)
+            traced = run(schedule, trace=True)
             raise NotResumable(_message(reference, traced), schedule, traced, reference)
 
     try:
@@ -220,7 +227,29 @@ def _problems(reference: Report, report: Report) -> list[str]:
         found.append("items")
     if not _equal(reference.observed, report.observed):
         found.append("observed")
+    if _item_problems(reference, report):
+        found.append("item order")
     return found
+
+
+def _item_problems(reference: Report, report: Report) -> list[str]:
+    """Items yielded again although their consumption was written, or skipped."""
+    if reference.items is None:
+        return []
+    want = reference.items
+    problems = []
+    for attempt in report.attempts:
+        got = attempt.items
+        start = attempt.items_from
+        if not _equal(got, want[start : start + len(got)]):
+            problems.append(
+                f"attempt {attempt.number} started from a record of {start} consumed items and "
+                f"delivered {_short(got, 120)}, where the uninterrupted run delivers "
+                f"{_short(want[start : start + len(got)], 120)} from there: an item whose "
+                "consumption was written was delivered again, or one was skipped (does the "
+                "job yield the same items in the same order each time?)"
+            )
+    return problems
 
 
 def _equal(a: Any, b: Any) -> bool:
@@ -253,6 +282,7 @@ def _message(reference: Report, report: Report) -> str:
                 "items the uninterrupted run does not deliver were delivered: "
                 + _short(sorted(extra, key=repr))
             )
+    problems.extend(_item_problems(reference, report))
     for execution in report.rerun_after_write:
         problems.append(
             f"{execution.label} ran again in attempt {execution.attempt} although the record held "
@@ -366,6 +396,17 @@ _INSIDE_HINT = (
     "completion was written (a step runs at least once). Make the side effect idempotent, "
     "for example keyed by current_step().idempotency_key"
 )
+_CONSUMER_HINT = (
+    "it is done by the consumer for {item}, which was delivered again because the process "
+    "died before the item's consumption was written (items are delivered at least once). "
+    "Push the items into a counting sink with resumable.sinks.drain for exactly once, or "
+    "make the consumer idempotent"
+)
+_SINK_HINT = (
+    "it was pushed into the sink again ({push} of attempt {attempt}): on resume, the sink's "
+    "reconciliation did not skip the items it already held. Either the sink's count() is not "
+    "exact (it must count every item it holds, once), or this is a bug in resumable: report it"
+)
 _DEAD_HINT = (
     "it happened after the simulated crash, while the job unwound ({where}): in a finally: "
     "block or an except BaseException: handler, which a real crash never runs. Do not put "
@@ -376,6 +417,10 @@ _DEAD_HINT = (
 def _classify(prev: Event, cur: Event) -> str:
     if prev.kind == "before" and cur.kind == "after" and prev.token is cur.token:
         return _INSIDE_HINT.format(step=prev.step)
+    if prev.kind == "deliver" and cur.kind == "item" and prev.token == cur.token:
+        return _CONSUMER_HINT.format(item=prev.step)
+    if cur.kind == "push":
+        return _SINK_HINT.format(push=cur.step, attempt=cur.attempt)
     where = f"after {prev.words()}, before {cur.words()}"
     if prev.kind == "crash":
         return _DEAD_HINT.format(where=where)

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from resumable import _config, _run
+from resumable import _config, _run, sinks
 from resumable._record import is_auxiliary
 from resumable.errors import RunLocked
 from resumable.stores._base import RunLock, Store, check_key
@@ -58,9 +58,10 @@ __all__ = [
     "run_with_crashes",
 ]
 
-#: Crash points the harness knows. ``"item"`` is a generator job's item handed to the
-#: consumer. Any other event name a core hook emits is accepted as well.
-KINDS = ("before_step", "after_step", "write", "item")
+#: Crash points the harness knows. ``"item"``: a generator job's item was handled by
+#: the consumer; ``"push"``: a sink push (`resumable.sinks.drain`) happened. Any other
+#: event name a core hook emits is accepted as well.
+KINDS = ("before_step", "after_step", "write", "item", "push")
 
 _HOLD = 3600.0  # the flush interval while the harness decides when progress is written
 
@@ -116,7 +117,9 @@ class Crash:
             landed = "after it landed" if self.landed else "before it landed"
             return f"during the {nth} store write of the attempt, {landed}"
         if self.at == "item":
-            return f"holding the {nth} item delivered in the attempt, before asking for the next"
+            return f"after the consumer handled the {nth} item of the attempt, before asking for the next"
+        if self.at == "push":
+            return f"after the {nth} sink push of the attempt, before the record of it is written"
         return f"at the {nth} {self.at!r} event of the attempt"
 
 
@@ -201,6 +204,7 @@ class Attempt:
     executions: list[Execution] = field(default_factory=list)
     items: list[Any] = field(default_factory=list)
     iterated: bool = False  # the job's call returned an iterator, which the harness consumed
+    items_from: int = 0  # items the record said were consumed when the attempt started
     events: Counter[str] = field(default_factory=Counter)
 
 
@@ -270,7 +274,11 @@ class Event:
             return f"attempt {self.attempt} crashed"
         if self.kind == "end":
             return f"attempt {self.attempt} ended"
-        return f"{self.kind} of {self.step}"
+        if self.kind == "deliver":
+            return f"{self.step} was delivered"
+        if self.kind == "item":
+            return f"the consumer handled {self.step}"
+        return f"{self.step} (in attempt {self.attempt})"
 
 
 def short_name(name: str) -> str:
@@ -308,6 +316,7 @@ class _Process:
         self.loop_thread: int | None = None
         self.observe = observe
         self.timeline = timeline
+        self.store: HarnessStore | None = None
 
     # -- death --
 
@@ -391,6 +400,7 @@ class HarnessStore(Store):
     def __init__(self, data: MemoryStore, process: _Process) -> None:
         self.data = data
         self._process = process
+        process.store = self
 
     def describe(self) -> str:
         return f"HarnessStore(attempt {self._process.attempt.number})"
@@ -457,6 +467,16 @@ def _on_step_event(event: str, call: _run.StepContext) -> None:
     if process is None:
         return
     process.raise_if_dead()
+    if event not in ("before", "after"):
+        # An event a newer core emits (an item, a sink push): a crash point by its name.
+        process.snapshot(Event(event, process.attempt.number, event, call))
+        if process.hits(event):
+            process.die(f"at the {_ordinal(process.attempt.events[event])} {event!r} event of the attempt")
+            _unwind()
+        run = getattr(call, "run", None)
+        if isinstance(run, _run.Run):
+            _progress_point(process, [run])
+        return
     label = _label(call)
     if event == "before":
         process.snapshot(Event("before", process.attempt.number, label, call))
@@ -481,7 +501,7 @@ def _on_step_event(event: str, call: _run.StepContext) -> None:
             _write(call.run)
             process.raise_if_dead()
         process.last = f"while {label} was running"
-    elif event == "after":
+    else:
         process.snapshot(Event("after", process.attempt.number, label, call))
         if process.hits("after_step"):
             process.die(f"after {label} returned, before its completion was written")
@@ -492,11 +512,6 @@ def _on_step_event(event: str, call: _run.StepContext) -> None:
         if every and process.completed % every == 0:
             _write(call.run)
             process.raise_if_dead()
-    else:
-        process.snapshot(Event(event, process.attempt.number, label, call))
-        if process.hits(event):
-            process.die(f"at {event} of {label}")
-            _unwind()
 
 
 def _write(run: _run.Run) -> None:
@@ -508,6 +523,53 @@ def _label(call: _run.StepContext) -> str:
     where = f" after resume point {call.run.epoch}" if call.run.epoch else ""
     _modules.setdefault(call.name, getattr(call.func, "__module__", ""))
     return f"step {short_name(call.name)!r} #{call.number}{where}"
+
+
+# -- sink pushes ----------------------------------------------------------------------
+
+_original_push = sinks.SinkFeed.push
+_original_apush = sinks.SinkFeed.apush
+
+
+def _process_of(run: _run.Run) -> _Process | None:
+    store = run.store
+    return store._process if isinstance(store, HarnessStore) else None
+
+
+def _pushed(process: _Process, run: _run.Run) -> None:
+    k = process.attempt.events["push"]
+    process.snapshot(Event("push", process.attempt.number, f"sink push #{k}", k))
+    if process.hits("push"):
+        process.die(f"after sink push #{k} of the attempt, before the record of it was written")
+        _unwind()
+    process.last = f"after sink push #{k}"
+    _progress_point(process, [run])
+
+
+def _push(feed: sinks.SinkFeed) -> None:
+    process = _process_of(feed.run)
+    if process is None:
+        _original_push(feed)
+        return
+    if process.dead:
+        return  # a dead process pushes nothing
+    pending = feed.pending()
+    _original_push(feed)
+    if pending:
+        _pushed(process, feed.run)
+
+
+async def _apush(feed: sinks.SinkFeed) -> None:
+    process = _process_of(feed.run)
+    if process is None:
+        await _original_apush(feed)
+        return
+    if process.dead:
+        return
+    pending = feed.pending()
+    await _original_apush(feed)
+    if pending:
+        _pushed(process, feed.run)
 
 
 # -- the harness scope: resumable's store and interval resolution -----------------------
@@ -540,6 +602,8 @@ def _scope() -> Iterator[None]:
             _config.resolve_store = _resolve_store
             _config.resolve_interval = _resolve_interval
             _run.STEP_HOOKS.append(_on_step_event)
+            sinks.SinkFeed.push = _push  # type: ignore[method-assign,assignment]
+            sinks.SinkFeed.apush = _apush  # type: ignore[method-assign,assignment]
         _scope_depth += 1
     try:
         yield
@@ -549,6 +613,8 @@ def _scope() -> Iterator[None]:
             if _scope_depth == 0:
                 _config.resolve_store = _original_resolve_store
                 _config.resolve_interval = _original_resolve_interval
+                sinks.SinkFeed.push = _original_push  # type: ignore[method-assign]
+                sinks.SinkFeed.apush = _original_apush  # type: ignore[method-assign]
                 with contextlib.suppress(ValueError):
                     _run.STEP_HOOKS.remove(_on_step_event)
 
@@ -556,76 +622,105 @@ def _scope() -> Iterator[None]:
 # -- running attempts ---------------------------------------------------------------
 
 
-def _consume(process: _Process, iterator: Any) -> list[Any]:
+def _runs(process: _Process) -> list[_run.Run]:
+    """The runs this simulated process has open (a generator job's run is not in reach)."""
+    return [run for run in list(_run._signals.runs) if run.store is process.store]
+
+
+def _progress_point(process: _Process, runs: list[_run.Run]) -> None:
+    """A unit completed outside a step (an item, a sink push): write per the schedule."""
+    process.completed += 1
+    every = process.flush_every
+    if every and process.completed % every == 0:
+        for run in runs:
+            if run.dirty:
+                _write(run)
+        process.raise_if_dead()
+
+
+def _delivered(process: _Process, item: Any, k: int) -> None:
+    process.raise_if_dead()
+    process.attempt.items.append(item)
+    process.snapshot(Event("deliver", process.attempt.number, f"item #{k}", k))
+
+
+def _handled(process: _Process, k: int) -> None:
+    process.snapshot(Event("item", process.attempt.number, f"item #{k}", k))
+    process.raise_if_dead()
+    if process.hits("item"):
+        process.die(f"after the consumer handled item #{k} of the attempt, before it asked for the next")
+        _unwind()
+    process.last = f"after item #{k} was handled"
+    _progress_point(process, _runs(process))
+
+
+def _consume(process: _Process, iterator: Any, consume: Callable[[Any], Any] | None) -> list[Any]:
     process.attempt.iterated = True
     items: list[Any] = []
-    it = iter(iterator)
     try:
-        while True:
-            try:
-                item = next(it)
-            except StopIteration:
-                break
-            process.raise_if_dead()
+        for k, item in enumerate(iterator):
+            _delivered(process, item, k)
             items.append(item)
-            process.attempt.items.append(item)
-            if process.hits("item"):
-                process.die(f"holding item #{len(items) - 1} of the attempt ({process.last})")
-                _unwind()
-            process.last = f"after item #{len(items) - 1} was delivered"
+            if consume is not None:
+                consume(item)
+            _handled(process, k)
     finally:
-        close = getattr(it, "close", None)
+        close = getattr(iterator, "close", None)
         if close is not None:
             close()
     return items
 
 
-async def _aconsume(process: _Process, iterator: Any) -> list[Any]:
+async def _aconsume(process: _Process, iterator: Any, consume: Callable[[Any], Any] | None) -> list[Any]:
     process.attempt.iterated = True
     items: list[Any] = []
+    k = 0
     try:
         async for item in iterator:
-            process.raise_if_dead()
+            _delivered(process, item, k)
             items.append(item)
-            process.attempt.items.append(item)
-            if process.hits("item"):
-                process.die(f"holding item #{len(items) - 1} of the attempt ({process.last})")
-                _unwind()
-            process.last = f"after item #{len(items) - 1} was delivered"
+            if consume is not None:
+                done = consume(item)
+                if inspect.isawaitable(done):
+                    await done
+            _handled(process, k)
+            k += 1
     finally:
         await iterator.aclose()
     return items
 
 
-async def _drive(process: _Process, value: Any) -> Any:
+async def _drive(process: _Process, value: Any, consume: Callable[[Any], Any] | None) -> Any:
     process.loop_thread = threading.get_ident()
     if inspect.isasyncgen(value):
-        return await _aconsume(process, value)
+        return await _aconsume(process, value, consume)
     return await value
 
 
-def _run_coroutine(process: _Process, value: Any) -> Any:
+def _run_coroutine(process: _Process, value: Any, consume: Callable[[Any], Any] | None) -> Any:
     """Run an awaitable or async iterator in a fresh event loop (a fresh process)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(_drive(process, value))
+        return asyncio.run(_drive(process, value, consume))
     # Called from inside a running loop (an async test): use a thread of its own.
     ctx = contextvars.copy_context()
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="resumable-harness") as pool:
-        return pool.submit(ctx.run, asyncio.run, _drive(process, value)).result()
+        return pool.submit(ctx.run, asyncio.run, _drive(process, value, consume)).result()
 
 
-def _attempt(start: Callable[[], Any], process: _Process, store: HarnessStore) -> tuple[str, Any]:
+def _attempt(
+    start: Callable[[], Any], process: _Process, store: HarnessStore, consume: Callable[[Any], Any] | None
+) -> tuple[str, Any]:
     """Run one attempt; returns ``("crashed"|"returned"|"raised", value or exception)``."""
     tokens = (_ACTIVE.set(process), _STORE.set(store))
     process.snapshot(Event("start", process.attempt.number))
     try:
         value = start()
         if inspect.isawaitable(value) or inspect.isasyncgen(value):
-            value = _run_coroutine(process, value)
+            value = _run_coroutine(process, value, consume)
         elif inspect.isgenerator(value):
-            value = _consume(process, value)
+            value = _consume(process, value, consume)
     except BaseException as exc:
         if process.dead:
             return "crashed", exc
@@ -650,6 +745,7 @@ class _Written:
     holes: set[int]
     above: set[int]
     entries: dict[int, tuple[str, str | None]]  # unit -> (step name, identity or None)
+    items: int  # items consumed, all resume points included
 
     def holds(self, execution: Execution) -> bool:
         """Tell whether the record holds this step call's completion."""
@@ -683,6 +779,7 @@ def _written(data: MemoryStore) -> dict[str, _Written]:
             holes={int(n) for n in head.holes},
             above=set(head.above),
             entries={n: (str(e[0]), e[1]) for n, e in entries.items()},
+            items=int(head.items.get("before", 0)) + int(head.items.get("done", 0)),
         )
     return found
 
@@ -692,6 +789,7 @@ def run_with_crashes(
     schedule: Schedule | None = None,
     *,
     observe: Callable[[], Any] | None = None,
+    consume: Callable[[Any], Any] | None = None,
     flushing: str = "schedule",
     trace: bool = False,
     data: MemoryStore | None = None,
@@ -706,6 +804,9 @@ def run_with_crashes(
         schedule: Where each attempt dies (default: nowhere).
         observe: Called after the last attempt; its answer is the report's
             ``observed`` (rows in a fake database, calls to a fake API).
+        consume: For a generator job: called with each item the harness takes from
+            it (your consumer's code: a crash can come after it handled an item and
+            before it asked for the next).
         flushing: ``"schedule"`` (default): the harness writes progress at the
             schedule's step boundaries and the job's flusher only writes when asked,
             so a run replays exactly. ``"job"``: the job's own flush interval applies.
@@ -735,7 +836,8 @@ def run_with_crashes(
                 report.attempts.append(attempt)
                 process = _Process(attempt, flush_every, observe, timeline)
                 before = _written(data) if number > 1 else {}
-                outcome, value = _attempt(start, process, HarnessStore(data, process))
+                attempt.items_from = sum(w.items for w in before.values())
+                outcome, value = _attempt(start, process, HarnessStore(data, process), consume)
                 attempt.outcome = outcome
                 for execution in attempt.executions:
                     report.executions[execution.step] += 1

@@ -14,7 +14,12 @@ STEP_KINDS = ("before_step", "after_step", "write")
 
 
 def crashes(
-    *, steps: int = 20, writes: int | None = None, items: int = 0, kinds: Sequence[str] | None = None
+    *,
+    steps: int = 20,
+    writes: int | None = None,
+    items: int = 0,
+    pushes: int = 0,
+    kinds: Sequence[str] | None = None,
 ) -> st.SearchStrategy[Crash]:
     """One crash point.
 
@@ -23,13 +28,16 @@ def crashes(
             count): bounds the index of ``before_step`` and ``after_step`` crashes.
         writes: How many store writes an attempt makes at most (default
             ``2 * steps + 2``): bounds ``write`` crashes, which land or not.
-        items: How many items a generator job delivers (enables ``item`` crashes).
-        kinds: The crash kinds to draw (default: the step and write kinds, and
-            ``item`` when ``items`` is given). Shrinking prefers the first.
+        items: How many items a generator job delivers (enables ``item`` crashes:
+            after the consumer handled an item, before it asks for the next).
+        pushes: How many sink pushes a draining job makes (enables ``push``
+            crashes: after a push, before the record of it is written).
+        kinds: The crash kinds to draw (default: the step and write kinds, plus
+            ``item`` and ``push`` when they can happen). Shrinking prefers the first.
     """
     writes = 2 * steps + 2 if writes is None else writes
     if kinds is None:
-        kinds = (*STEP_KINDS, "item") if items else STEP_KINDS
+        kinds = STEP_KINDS + (("item",) if items else ()) + (("push",) if pushes else ())
     options: list[st.SearchStrategy[Crash]] = []
     for kind in kinds:
         if kind == "write":
@@ -38,6 +46,8 @@ def crashes(
             )
         elif kind == "item":
             options.append(st.builds(Crash, st.just("item"), st.integers(0, max(items - 1, 0))))
+        elif kind == "push":
+            options.append(st.builds(Crash, st.just("push"), st.integers(0, max(pushes - 1, 0))))
         else:
             options.append(st.builds(Crash, st.just(kind), st.integers(0, max(steps - 1, 0))))
     if not options:
@@ -50,6 +60,7 @@ def crash_schedules(
     steps: int = 20,
     writes: int | None = None,
     items: int = 0,
+    pushes: int = 0,
     max_crashes: int = 3,
     min_crashes: int = 1,
     kinds: Sequence[str] | None = None,
@@ -64,6 +75,7 @@ def crash_schedules(
         steps: How many step bodies an uninterrupted run executes.
         writes: How many store writes it makes (default ``2 * steps + 2``).
         items: How many items a generator job delivers.
+        pushes: How many sink pushes a draining job makes.
         max_crashes: At most this many restarts.
         min_crashes: At least this many crash points (default 1: a schedule without
             a crash tests nothing).
@@ -72,7 +84,7 @@ def crash_schedules(
     """
     if max_crashes < min_crashes:
         raise ValueError(f"max_crashes ({max_crashes}) must be at least min_crashes ({min_crashes})")
-    points = crashes(steps=steps, writes=writes, items=items, kinds=kinds)
+    points = crashes(steps=steps, writes=writes, items=items, pushes=pushes, kinds=kinds)
     return st.builds(
         Schedule,
         st.lists(points, min_size=min_crashes, max_size=max_crashes).map(tuple),
