@@ -468,10 +468,8 @@ def _show_data(view: _View, store: Store, unpickle: bool) -> dict[str, Any]:
         return _shown(value, unpickle=unpickle, store=where, key=view.key)
 
     aside = [k for k in _safe_keys(store, f"{view.key}(") if _chunk_owner(k) is None]
-    data: dict[str, Any] = {
-        "key": view.key,
-        "store": where,
-        "status": view.status,
+    data: dict[str, Any] = {"key": view.key, "store": where}
+    sizes = {
         "size": view.size,
         "head_size": len(view.raw or b""),
         "chunks": dict(sorted(view.chunk_sizes.items())),
@@ -479,13 +477,14 @@ def _show_data(view: _View, store: Store, unpickle: bool) -> dict[str, Any]:
     }
     head = view.head
     if head is None:
-        data["reason"] = view.reason
         raw = view.raw or b""
+        data.update(status=view.status, reason=view.reason, **sizes)
         data["preview"] = raw[:120].decode("utf-8", "backslashreplace")
         return data
     data.update(
         {
             "job": head.job,
+            "status": view.status,
             "format": FORMAT,
             "version": view.version,
             "created": head.created,
@@ -520,6 +519,7 @@ def _show_data(view: _View, store: Store, unpickle: bool) -> dict[str, Any]:
             ],
             "result": shown(head.result) if head.status == "finished" else None,
             "error": head.error,
+            **sizes,
         }
     )
     return data
@@ -980,7 +980,7 @@ def import_run(ctx: click.Context, key: str, file: Any, yes: bool) -> None:
         lock.release()
     click.echo(
         f"imported {key} ({head.status}, epoch {head.epoch}, {head.done} units done, "
-        f"{len(entries)} recorded steps) into {store.describe()}"
+        f"recorded steps: {len(entries)}) into {store.describe()}"
     )
 
 
