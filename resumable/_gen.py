@@ -84,8 +84,9 @@ def _drive(
             except BaseException as exc:  # thrown in by the consumer: pass it on
                 method, arg = gen.throw, exc
                 continue
-            done, sink = run.item_prog
-            run.item_prog = (done + 1, sink)
+            # Asking for more completes item n and every item before it (even one the
+            # consumer threw an exception in after receiving it).
+            run.item_prog = (n + 1, run.item_prog[1])
             run.dirty = True
             if binding is not None:
                 binding.advance(1)
@@ -173,8 +174,9 @@ async def _adrive(
             except BaseException as exc:
                 method, arg = agen.athrow, exc
                 continue
-            done, sink = run.item_prog
-            run.item_prog = (done + 1, sink)
+            # Asking for more completes item n and every item before it (even one the
+            # consumer threw an exception in after receiving it).
+            run.item_prog = (n + 1, run.item_prog[1])
             run.dirty = True
             if binding is not None:
                 binding.advance(1)

@@ -322,7 +322,7 @@ class Run:
         # rewritten, so nothing recorded can be lost by a later write.
         self._chunk_index = head.chunks[1] + 1
         self._chunk: dict[str, Entry] = {}
-        self._stale_chunks: list[str] = []
+        self._stale_chunks: list[tuple[int, str]] = []
         self._inflight: set[StepContext] = set()
         self._next = 0
         # Items of a generator job: (consumed in this epoch, sink count that goes with it).
@@ -402,16 +402,18 @@ class Run:
         args = check_decode(self._args_encoded, self.store.describe(), self.key)
         return dict(args)
 
-    def snapshot(
-        self, status: str, result: Any = None, error: str | None = None
-    ) -> tuple[Head, list[tuple[int, Entry]], int]:
+    def _snapshot(
+        self, status: str, result: Any, error: str | None
+    ) -> tuple[int, int, int, bytes | None, bytes, int]:
+        """Under the run's lock: the bytes of the next chunk and head, all of one epoch."""
         with self._lock:
             self.dirty = False
             done, digest, folded = self._prog
+            epoch = self.epoch
             head = self._head
             head.status = status
             head.updated = time.time()
-            head.epoch = self.epoch
+            head.epoch = epoch
             head.args = self._args_encoded
             head.state = self._state_encoded
             head.done = done
@@ -428,24 +430,23 @@ class Run:
             head.error = error
             upto = len(self._new)
             new = self._new[self._flushed_new : upto]
-        return head, new, upto
+            for n, entry in new:
+                self._chunk[str(n)] = entry
+            index = self._chunk_index
+            head.chunks = [0, index if self._chunk else index - 1]
+            chunk = dump_chunk(self.key, epoch, index, self._chunk) if new else None
+            return epoch, index, upto, chunk, dump_head(head), done
 
     def write(
         self, *, retry: bool, status: str = "running", result: Any = None, error: str | None = None
     ) -> None:
         """Write the run's completed progress: the newest chunk if it grew, then the head."""
         with self._write_lock:
-            head, new, upto = self.snapshot(status, result, error)
-            for n, entry in new:
-                self._chunk[str(n)] = entry
-            head.chunks = [0, self._chunk_index if self._chunk else self._chunk_index - 1]
-            chunk = dump_chunk(self.key, self.epoch, self._chunk_index, self._chunk) if new else None
-            data = dump_head(head)
-            epoch = self.epoch
+            epoch, index, upto, chunk, data, done = self._snapshot(status, result, error)
 
             def attempt() -> None:
                 if chunk is not None:
-                    self.store.set(chunk_key(self.key, epoch, self._chunk_index), chunk)
+                    self.store.set(chunk_key(self.key, epoch, index), chunk)
                 self.store.set(self.key, data)
 
             if retry:
@@ -459,18 +460,24 @@ class Run:
                 )(attempt)
             else:
                 attempt()
-            if epoch == self.epoch:
-                self._flushed_new = upto
-            if len(self._chunk) >= _CHUNK_ENTRIES or (chunk is not None and len(chunk) >= _CHUNK_BYTES):
-                self._chunk_index += 1
-                self._chunk = {}
-            stale, self._stale_chunks = self._stale_chunks, []
+            with self._lock:
+                if epoch == self.epoch:
+                    self._flushed_new = max(self._flushed_new, upto)
+                    full = len(self._chunk) >= _CHUNK_ENTRIES
+                    if index == self._chunk_index and (
+                        full or (chunk is not None and len(chunk) >= _CHUNK_BYTES)
+                    ):
+                        self._chunk_index += 1
+                        self._chunk = {}
+                # Chunks of an epoch are deleted only once a head of a later epoch is written.
+                stale = [k for e, k in self._stale_chunks if e < epoch]
+                self._stale_chunks = [(e, k) for e, k in self._stale_chunks if e >= epoch]
         for old in stale:
             try:
                 self.store.delete(old)
             except Exception as exc:  # left behind, harmless: reset() removes it
                 logger.warning("could not delete an old chunk", key=old, error=repr(exc))
-        logger.debug("flushed", key=self.key, done=head.done, epoch=head.epoch, status=head.status)
+        logger.debug("flushed", key=self.key, done=done, epoch=epoch, status=status)
 
     def flush(self) -> None:
         """Write completed progress now and wait for it."""
@@ -621,7 +628,9 @@ class Run:
                 f"the generator ended after yielding {self.item_next} items, but the record "
                 f"holds {self.rec_items} consumed ones since the last resume point",
             )
-        if self.replaying and not self._verified and self._next < self._rec_done:
+        if self._verified:
+            return
+        if self._next < self._rec_done:
             self._mismatch(
                 self._next,
                 None,
@@ -629,6 +638,15 @@ class Run:
                 f"the job returned after {self._next} steps, but the record holds "
                 f"{self._rec_done} completed ones",
             )
+        if (self._replay_digest, self._replay_folded) != (self._rec_digest, self._rec_folded):
+            self._mismatch(
+                self._next,
+                None,
+                None,
+                f"the job replayed {self._replay_folded} steps that returned None where the "
+                f"record holds {self._rec_folded}, or their names differ",
+            )
+        self._verified = True
 
     def _mismatch(self, n: int, recorded: str | None, called: str | None, detail: str = "") -> None:
         logger.error(
@@ -752,6 +770,17 @@ class Run:
                 f"the job declared a resume point after {self._next} steps, but the record "
                 f"holds {self._rec_done} completed steps since the last one",
             )
+        if not self._verified and (self._replay_digest, self._replay_folded) != (
+            self._rec_digest,
+            self._rec_folded,
+        ):
+            self._mismatch(
+                self._next,
+                None,
+                None,
+                f"at the resume point the job had replayed {self._replay_folded} steps that "
+                f"returned None where the record holds {self._rec_folded}, or their names differ",
+            )
         carry: list[Any] = []
         for hook in self.resume_point_hooks:
             carry.extend(hook())  # items a sink feed holds: saved so none is left behind
@@ -765,7 +794,7 @@ class Run:
         args = json.loads(json.dumps(args))
         state = json.loads(json.dumps(state))
         with self._lock:
-            old = [chunk_key(self.key, self.epoch, i) for i in range(self._chunk_index + 1)]
+            old = [(self.epoch, chunk_key(self.key, self.epoch, i)) for i in range(self._chunk_index + 1)]
             self.epoch += 1
             self._args_encoded = args
             self._state_encoded = state
