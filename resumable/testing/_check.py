@@ -33,6 +33,12 @@ class NotResumable(AssertionError):
         self.reference = reference
 
 
+class _Failed(AssertionError):
+    def __init__(self, schedule: Schedule) -> None:
+        super().__init__(schedule.describe())
+        self.schedule = schedule
+
+
 @dataclass
 class Checked:
     """What a passing `assert_resumable` did.
@@ -86,8 +92,10 @@ def assert_resumable(
             needs a counting sink (`resumable.sinks.drain`) for exactly once.
         max_examples: How many schedules to try (default: the Hypothesis profile's).
         max_crashes: At most this many crashes (restarts) per schedule.
-        schedules: A strategy of `Schedule` to draw from instead of the default
-            `crash_schedules` sized from the uninterrupted run.
+        schedules: A strategy of `Schedule` to draw from instead of the default:
+            `crash_schedules` sized from the uninterrupted run, with progress written
+            at every step boundary (so a crash loses at most the steps in flight; that
+            finds the same mistakes as longer intervals, and explains them simply).
         flushing: ``"schedule"`` (default, reproducible) or ``"job"`` (see
             `run_with_crashes`).
         settings: A ``hypothesis.settings`` to start from (default: the current profile).
@@ -126,6 +134,7 @@ def assert_resumable(
             items=first.events["item"],
             pushes=first.events["push"],
             max_crashes=max_crashes,
+            flush_every=(1,),
         )
     base = settings if settings is not None else hsettings()
     config = hsettings(
@@ -148,15 +157,15 @@ def assert_resumable(
         report = run(schedule)
         restarts += report.restarts
         if _problems(reference, report):
-            # Run it again with the outside world observed at every step boundary,
-            # to tell where the difference came from.
-            traced = run(schedule, trace=True)
-            raise NotResumable(_message(reference, traced), schedule, traced, reference)
+            raise _Failed(schedule)
 
     try:
         check()
-    except NotResumable as exc:
-        raise NotResumable(str(exc), exc.schedule, exc.report, reference) from None
+    except _Failed as failed:
+        # Run the smallest failing schedule again with the outside world observed at
+        # every step boundary, to tell where the difference came from.
+        traced = run(failed.schedule, trace=True)
+        raise NotResumable(_message(reference, traced), failed.schedule, traced, reference) from None
     except Flaky as exc:
         raise NotResumable(
             "the job behaves differently when run again under the same crash schedule, so the "

@@ -654,31 +654,35 @@ def _handled(process: _Process, k: int) -> None:
     _progress_point(process, _runs(process))
 
 
-def _consume(process: _Process, iterator: Any, consume: Callable[[Any], Any] | None) -> list[Any]:
+def _consume(process: _Process, iterator: Any, consume: Callable[[Any], Any] | None) -> Any:
+    """Consume a generator job's items; return what the generator returned."""
     process.attempt.iterated = True
-    items: list[Any] = []
+    it = iter(iterator)
+    k = 0
     try:
-        for k, item in enumerate(iterator):
+        while True:
+            try:
+                item = next(it)
+            except StopIteration as stop:
+                return stop.value
             _delivered(process, item, k)
-            items.append(item)
             if consume is not None:
                 consume(item)
             _handled(process, k)
+            k += 1
     finally:
-        close = getattr(iterator, "close", None)
+        close = getattr(it, "close", None)
         if close is not None:
             close()
-    return items
 
 
-async def _aconsume(process: _Process, iterator: Any, consume: Callable[[Any], Any] | None) -> list[Any]:
+async def _aconsume(process: _Process, iterator: Any, consume: Callable[[Any], Any] | None) -> None:
+    """Consume an async generator job's items (it returns nothing)."""
     process.attempt.iterated = True
-    items: list[Any] = []
     k = 0
     try:
         async for item in iterator:
             _delivered(process, item, k)
-            items.append(item)
             if consume is not None:
                 done = consume(item)
                 if inspect.isawaitable(done):
@@ -687,7 +691,6 @@ async def _aconsume(process: _Process, iterator: Any, consume: Callable[[Any], A
             k += 1
     finally:
         await iterator.aclose()
-    return items
 
 
 async def _drive(process: _Process, value: Any, consume: Callable[[Any], Any] | None) -> Any:
