@@ -423,9 +423,10 @@ def list_runs(ctx: click.Context, as_json: bool) -> None:
     """List the runs in the store, one line each.
 
     Columns: key, job, status, units done in the current epoch (+N completed above the
-    watermark), items done, resume point, last write (UTC), record size (head and
-    chunks), and a note: the reason a record is corrupt, or the error that ended the
-    last attempt. A corrupt record is listed, never fatal: the exit code stays 0.
+    watermark), items consumed (generator jobs, over all epochs), resume point, last
+    write (UTC), record size (head and chunks), and a note: the reason a record is
+    corrupt, or the error that ended the last attempt. A corrupt record is listed,
+    never fatal: the exit code stays 0.
     """
     store = _store(ctx)
     rows = [_list_row(view) for view in _runs(store)]
@@ -661,19 +662,18 @@ def reset(ctx: click.Context, key: str, yes: bool, force: bool) -> None:
         )
     if not yes and not _confirm(f"Reset run {key!r} ({status}) in {store.describe()}?"):
         _fail("not reset", EXIT_REFUSED)
-    if status == "running":
-        delete_run(store, key)
-        click.echo(f"reset {key} (forced while a live process held it)")
-        return
+    lock: RunLock | None = None
     try:
         lock = store.lock(key)
     except RunLocked:
-        _fail(f"run {key!r} was taken by a live process meanwhile; not reset", EXIT_REFUSED)
+        if not force:
+            _fail(f"run {key!r} was taken by a live process meanwhile; not reset", EXIT_REFUSED)
     try:
         delete_run(store, key)
     finally:
-        lock.release()
-    click.echo(f"reset {key}")
+        if lock is not None:
+            lock.release()
+    click.echo(f"reset {key}" if lock is not None else f"reset {key} (forced while a live process held it)")
 
 
 def _export_data(view: _View, store: Store) -> dict[str, Any]:

@@ -636,6 +636,7 @@ def test_a_run_held_by_a_live_process(tmp_path: Path, store: FileStore) -> None:
 
         forced = cli(store, "reset", "live", "--yes", "--force")
         assert forced.exit_code == 0, forced.output
+        assert "forced while a live process held it" in forced.stdout
         assert store.get("live") is None
         assert store.keys("live(r)") == []
     finally:
