@@ -809,12 +809,6 @@ def test_fewer_steps_than_recorded_mismatch_at_the_end() -> None:
     assert _head(v.store, "fewer")["status"] == "running"  # not marked finished
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: when the resumed job calls exactly as many steps as recorded and they "
-    "returned None (or the last has a recorded result), Run._verify never runs, so renamed "
-    "None-returning steps are accepted silently and their bodies never run",
-)
 def test_renamed_none_steps_mismatch_even_when_the_job_ends_at_the_watermark() -> None:
     v = Versions()
 
