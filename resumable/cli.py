@@ -363,7 +363,9 @@ def main(ctx: click.Context, store_url: str | None) -> None:
 
     A run is listed as running (a live process holds its lock), interrupted (unfinished,
     no process holds it: the next call of the job resumes it), finished, or corrupt (a
-    job would refuse its record; the reason is shown).
+    job would refuse its record; the reason is shown). Records are read as jobs read
+    them, signatures included: set RESUMABLE_SECRET as your jobs do. Nothing pickled
+    is loaded unless `show --unpickle` asks.
     """
     ctx.obj = _Lazy(store_url)
 
