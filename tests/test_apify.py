@@ -1,0 +1,583 @@
+"""resumable on Apify: the real ``apify`` SDK, local file storage, platform events over a websocket.
+
+No network: the platform's event channel is a websocket server on 127.0.0.1 that this
+module runs (`EventServer`); the Actor reaches it through the SDK's own
+``ApifyEventManager`` (see shared/APIFY.md), so ``migrating``, ``aborting`` and
+``persistState`` arrive exactly as on the platform. A migration is played as the platform
+plays it: the ``migrating`` message, then SIGKILL, then the same Actor started again on
+the same storage (tests/apify_child.py is the Actor).
+
+Storage is a temporary directory per test (``CRAWLEE_STORAGE_DIR``; the SDK reads it, or
+``APIFY_LOCAL_STORAGE_DIR`` first). Records and dataset items are read back from its files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import os
+import queue
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import test_stores as contract  # the store contract suite (tests/test_stores.py)
+from apify import Actor, Configuration
+from apify.events import ApifyEventManager
+from apify.storage_clients._apify._alias_resolving import AliasResolver
+from crawlee import service_locator
+from crawlee.storages import KeyValueStore
+from structlog.testing import capture_logs
+from websockets.asyncio.server import ServerConnection, serve
+
+import resumable.apify as rapify
+from resumable import _config, checkpoint, restart_with, resumable
+from resumable.apify import ApifyStore, BlockingJobOnLoop, DatasetSink, run_in_thread
+from resumable.sinks import adrain
+
+CHILD = Path(__file__).with_name("apify_child.py")
+MIGRATING = {"name": "migrating", "data": {"timeRemainingSecs": 30}}
+ABORTING = {"name": "aborting"}
+PERSIST = {"name": "persistState", "data": {"isMigrating": False}}
+
+#: Numbers measured by the tests in this module, printed at the end (pytest -s) and in the report.
+MEASURED: dict[str, Any] = {}
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.002) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(step)
+
+
+async def await_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    """`wait_for` for coroutines: polls without blocking the event loop."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.002)
+
+
+# -- the platform's side: an event websocket ------------------------------------------
+
+
+class EventServer:
+    """A websocket server on 127.0.0.1 that sends the platform's event messages.
+
+    It runs on its own thread and event loop, so both a test's own loop (an Actor in
+    this process) and child processes can be its clients.
+    """
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="event-server", daemon=True)
+        self._cond = threading.Condition()
+        self.connections: list[ServerConnection] = []
+        self._server: Any = None
+        self.url = ""
+
+    def start(self) -> EventServer:
+        self._thread.start()
+
+        async def start() -> Any:
+            return await serve(self._handle, "127.0.0.1", 0)
+
+        self._server = asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"ws://127.0.0.1:{port}"
+        return self
+
+    async def _handle(self, connection: ServerConnection) -> None:
+        with self._cond:
+            self.connections.append(connection)
+            self._cond.notify_all()
+        await connection.wait_closed()
+
+    def connection(self, number: int, timeout: float = 30) -> ServerConnection:
+        """The ``number``-th client that connected (1-based), waiting for it."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self.connections) >= number, timeout):
+                pytest.fail(f"no Actor connected to the event websocket within {timeout} s")
+            return self.connections[number - 1]
+
+    def send(self, connection: ServerConnection, message: dict[str, Any]) -> float:
+        """Send one event message; returns the wall-clock time just before sending."""
+        sent = time.time()
+        asyncio.run_coroutine_threadsafe(connection.send(json.dumps(message)), self.loop).result(10)
+        return sent
+
+    def close(self) -> None:
+        async def stop() -> None:
+            self._server.close()
+            await self._server.wait_closed()
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def events() -> Iterator[EventServer]:
+    server = EventServer().start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+# -- local storage, read back from its files ------------------------------------------
+
+
+def record_file(storage: Path, key: str, store: str = "default") -> Path:
+    return storage / "key_value_stores" / store / key
+
+
+def file_stamp(path: Path) -> tuple[int, int] | None:
+    """Inode and mtime of a file: the SDK writes by temp file + rename, so each write changes both."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns)
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def dataset_items(storage: Path, name: str = "default") -> list[dict[str, Any]]:
+    folder = storage / "datasets" / name
+    files = sorted(p for p in folder.glob("*.json") if not p.name.startswith("__"))
+    return [json.loads(p.read_text()) for p in files]
+
+
+def dataset_files(storage: Path, name: str = "default") -> int:
+    folder = storage / "datasets" / name
+    try:
+        return sum(1 for p in os.scandir(folder) if p.name[0].isdigit())
+    except FileNotFoundError:
+        return 0
+
+
+def dataset_count(storage: Path, name: str = "default") -> int:
+    """The dataset's ``itemCount`` as its metadata file says (what ``DatasetSink`` counts)."""
+    meta = storage / "datasets" / name / "__metadata__.json"
+    return int(json.loads(meta.read_text())["item_count"]) if meta.exists() else 0
+
+
+def duplicates(ids: list[int]) -> int:
+    return len(ids) - len(set(ids))
+
+
+# -- the Actor as a child process -------------------------------------------------------
+
+
+class Zygote:
+    """tests/apify_child.py --zygote: imports the SDK once, forks one Actor process per order."""
+
+    def __init__(self) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        for name in ("CRAWLEE_STORAGE_DIR", "APIFY_LOCAL_STORAGE_DIR", "CRAWLEE_PURGE_ON_START"):
+            env.pop(name, None)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(CHILD), "--zygote"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self._cond = threading.Condition()
+        self._forked: queue.Queue[int] = queue.Queue()
+        self.exits: dict[int, int] = {}
+        self._warm = threading.Event()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            message = json.loads(line)
+            if message["event"] == "warm":
+                self._warm.set()
+            elif message["event"] == "forked":
+                self._forked.put(message["pid"])
+            elif message["event"] == "exit":
+                with self._cond:
+                    self.exits[message["pid"]] = message["code"]
+                    self._cond.notify_all()
+
+    def fork(self, mode: str, env: dict[str, Any], workdir: Path, name: str) -> Forked:
+        if not self._warm.wait(120):
+            pytest.fail("the Actor zygote did not start within 120 s")
+        out, err = workdir / f"{name}.out", workdir / f"{name}.log"
+        order = {
+            "mode": mode,
+            "env": {k: str(v) for k, v in env.items()},
+            "out": str(out),
+            "err": str(err),
+            "cwd": str(workdir),
+        }
+        with self._lock:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(json.dumps(order) + "\n")
+            self.proc.stdin.flush()
+            pid = self._forked.get(timeout=30)
+        return Forked(self, pid, out, err)
+
+    def exit_code(self, pid: int, timeout: float) -> int:
+        with self._cond:
+            if not self._cond.wait_for(lambda: pid in self.exits, timeout):
+                pytest.fail(f"Actor process {pid} did not end within {timeout} s")
+            return self.exits[pid]
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(30)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+
+
+@pytest.fixture(scope="session")
+def zygote() -> Iterator[Zygote]:
+    forker = Zygote()
+    try:
+        yield forker
+    finally:
+        forker.close()
+
+
+class Forked:
+    """One Actor process: its events (JSON lines in a file), its log, its end."""
+
+    def __init__(self, zygote: Zygote, pid: int, out: Path, err: Path) -> None:
+        self.zygote = zygote
+        self.pid = pid
+        self.out = out
+        self.err = err
+
+    def events(self) -> list[dict[str, Any]]:
+        try:
+            text = self.out.read_text()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in text.splitlines() if line.endswith("}")]
+
+    def expect(self, event: str, timeout: float = 60) -> dict[str, Any]:
+        def said() -> dict[str, Any] | None:
+            found = [e for e in self.events() if e["event"] == event]
+            if found:
+                return found[0]
+            if self.pid in self.zygote.exits:
+                pytest.fail(f"Actor process ended before {event!r}; its log:\n{self.log_tail()}")
+            return None
+
+        return wait_for(said, timeout, f"{event!r} from the Actor process", step=0.005)
+
+    def kill(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)
+        assert self.zygote.exit_code(self.pid, 30) == -signal.SIGKILL
+
+    def finish(self) -> dict[str, Any]:
+        line = self.expect("finished")
+        assert self.zygote.exit_code(self.pid, 60) == 0, self.log_tail()
+        return line
+
+    def log(self) -> list[dict[str, Any]]:
+        """resumable's log records (JSON lines on stderr; the SDK's own lines are text)."""
+        found = []
+        for line in self.err.read_text().splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(json.JSONDecodeError):
+                    found.append(json.loads(line))
+        return found
+
+    def logged(self, text: str) -> bool:
+        return text in self.err.read_text()
+
+    def log_tail(self) -> str:
+        return "\n".join(self.err.read_text().splitlines()[-40:])
+
+
+class Actors:
+    """Start Actor processes for one test (its files under ``tmp_path``)."""
+
+    def __init__(self, zygote: Zygote, workdir: Path) -> None:
+        self.zygote = zygote
+        self.workdir = workdir
+        self.started: list[Forked] = []
+
+    def start(self, mode: str, env: dict[str, Any]) -> Forked:
+        child = self.zygote.fork(mode, env, self.workdir, f"actor-{len(self.started)}")
+        self.started.append(child)
+        return child
+
+    def close(self) -> None:
+        for child in self.started:
+            if child.pid not in self.zygote.exits:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def actors(zygote: Zygote, tmp_path: Path) -> Iterator[Actors]:
+    started = Actors(zygote, tmp_path)
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+# -- the Actor in this process ----------------------------------------------------------
+
+
+def reset_sdk() -> None:
+    """Forget the SDK's process-wide services, so that each test starts its own Actor."""
+    if hasattr(Actor, "__wrapped__"):
+        with contextlib.suppress(AttributeError):
+            delattr(Actor, "__wrapped__")
+    service_locator._configuration = None
+    service_locator._event_manager = None
+    service_locator._storage_client = None
+    service_locator.storage_instance_manager.clear_cache()
+    KeyValueStore._autosaved_values.clear()
+    AliasResolver._alias_map = {}
+    AliasResolver._alias_map_loaded = False
+    AliasResolver._alias_init_lock = None
+    rapify._default_stores.clear()
+
+
+@pytest.fixture
+def sdk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A clean SDK, local storage in ``tmp_path/storage``, resumable's Apify settings restored after."""
+    storage = tmp_path / "storage"
+    monkeypatch.setenv("CRAWLEE_STORAGE_DIR", str(storage))
+    monkeypatch.setenv("APIFY_LOCAL_STORAGE_DIR", str(storage))
+    monkeypatch.delenv("CRAWLEE_PURGE_ON_START", raising=False)
+    monkeypatch.delenv("APIFY_PURGE_ON_START", raising=False)
+    saved = dict(vars(rapify._settings))
+    _config.configure(store=None, flush_interval=None)
+    reset_sdk()
+    try:
+        yield storage
+    finally:
+        for name in ("flush_interval", "reboot_on_migration", "settle_timeout"):
+            if name in saved:
+                setattr(rapify._settings, name, saved[name])
+            else:
+                with contextlib.suppress(AttributeError):
+                    delattr(rapify._settings, name)
+        reset_sdk()
+
+
+def platform_actor(server: EventServer | None, *, purge: bool = False) -> Any:
+    """An Actor wired as on the platform: the SDK's ApifyEventManager on our websocket.
+
+    ``purge=False`` as on the platform (a migrated run keeps its storages). The SDK's
+    logging setup is skipped so that its records reach pytest's ``caplog``.
+    """
+    if server is None:
+        cfg = Configuration(purge_on_start=purge)
+    else:
+        cfg = Configuration(actor_events_ws_url=server.url, purge_on_start=purge)
+        service_locator.set_event_manager(ApifyEventManager(configuration=cfg))
+    service_locator.set_configuration(cfg)
+    return Actor(exit_process=False, configure_logging=False)
+
+
+# -- a migration, played as the platform plays it ---------------------------------------
+
+ITEMS = 200  # items of the paginated source in the child (pages of 10, 20 ms a page)
+ROUNDS = 5
+
+
+def child_env(storage: Path, server: EventServer | None, **extra: Any) -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "CRAWLEE_STORAGE_DIR": storage,
+        "CHILD_ITEMS": ITEMS,
+        "CHILD_PAGE": 10,
+        "CHILD_LATENCY": 0.02,
+        **extra,
+    }
+    if server is not None:
+        env["CHILD_WS_URL"] = server.url
+    return env
+
+
+def metadata_file(path: Path) -> Path:
+    return path.with_name(f"{path.name}.__metadata__.json")
+
+
+def run_with_migrations(
+    actors: Actors,
+    server: EventServer,
+    storage: Path,
+    mode: str,
+    moments: list[int],
+    saved: Path,
+    logged: str | None = None,
+) -> dict[str, Any]:
+    """Run ``mode`` in an Actor process and migrate it at each of ``moments``, then let it finish.
+
+    A migration: once the dataset holds ``moment`` item files, send ``migrating``; wait
+    until ``saved`` (where the job saves its progress) is written, value and metadata
+    (the SDK writes them one after the other), and, with ``logged``, until the Actor's log
+    says so; SIGKILL the process; start it again on the same storage.
+    """
+    env = child_env(storage, server)
+    kills: list[dict[str, Any]] = []
+    for moment in moments:
+        clients = len(server.connections)
+        child = actors.start(mode, env)
+        child.expect("started")
+        connection = server.connection(clients + 1)
+        target = max(moment, dataset_files(storage) + 1)
+        wait_for(lambda: dataset_files(storage) >= target, 60, f"{target} items in the dataset")
+        before = (file_stamp(saved), file_stamp(metadata_file(saved)))
+        sent = server.send(connection, MIGRATING)
+        wait_for(lambda: file_stamp(saved) != before[0], 10, f"{saved.name} written after migrating")
+        seen = time.time() - sent
+        wait_for(
+            lambda: file_stamp(metadata_file(saved)) != before[1], 10, f"{saved.name}'s metadata written"
+        )
+        if logged is not None:  # the Actor's log line comes after the write
+            wait_for(lambda: child.logged(logged), 10, f"the Actor's log: {logged}")
+        child.kill()
+        kills.append(
+            {
+                "moment": target,
+                "sent": sent,
+                "seen": seen,
+                "count": dataset_count(storage),
+                "files": dataset_files(storage),
+                "saved": saved.read_text(),
+                "log": child.log(),
+            }
+        )
+    last = actors.start(mode, env)
+    finished = last.finish()
+    return {
+        "kills": kills,
+        "pushed_after": finished["pushed"],
+        "ids": [item["id"] for item in dataset_items(storage)],
+        "last_log": last.log(),
+    }
+
+
+def random_moments(rng: random.Random) -> list[int]:
+    """One or two moments to migrate at, item counts spread over the run."""
+    return sorted(rng.sample(range(10, ITEMS - 50, 5), rng.choice([1, 2])))
+
+
+def test_migration_then_sigkill_resumes_with_every_item_once(
+    tmp_path: Path, events: EventServer, actors: Actors
+) -> None:
+    seed = int.from_bytes(os.urandom(4), "big")
+    rng = random.Random(seed)
+    latencies: list[float] = []
+    seen: list[float] = []
+    for round_ in range(ROUNDS):
+        storage = tmp_path / f"round{round_}"
+        got = run_with_migrations(
+            actors,
+            events,
+            storage,
+            "resumable",
+            random_moments(rng),
+            record_file(storage, "listing"),
+            logged='"platform_event": "migrating"',
+        )
+        where = f"seed {seed}, round {round_}: {[(k['moment'], k['count']) for k in got['kills']]}"
+        # Every item exactly once, in order.
+        assert got["ids"] == list(range(ITEMS)), where
+        assert dataset_count(storage) == ITEMS, where
+        # The last start resumed: it pushed only what the dataset did not hold at the kill.
+        assert got["pushed_after"] == ITEMS - got["kills"][-1]["count"], where
+        for kill in got["kills"]:
+            assert kill["count"] < ITEMS, where
+            # What migrating wrote: a running record whose sink count the dataset had
+            # reached (``moment`` counts item files, which include a batch of 5 in flight).
+            record = json.loads(kill["saved"])
+            assert record["status"] == "running", where
+            assert kill["moment"] - 5 <= record["items"]["sink"] <= kill["count"], where
+            written = [e for e in kill["log"] if e["event"] == "progress written on a platform event"]
+            assert [e["platform_event"] for e in written] == ["migrating"], where
+            latencies.append(written[0]["t"] - kill["sent"])
+            seen.append(kill["seen"])
+        resumed = [e for e in got["last_log"] if e["event"] == "run resumed"]
+        assert len(resumed) == 1, where
+        assert resumed[0]["store"] == "ApifyStore(default)", where
+    MEASURED["migrating -> record written (Actor's log), s"] = latencies
+    MEASURED["migrating -> record file seen by the test, s"] = seen
+    print(f"\nseed {seed}; migrating -> written: {[round(x, 4) for x in latencies]}")
+    # Goal: under 1 s on the local client (the platform gave 30 s here).
+    assert statistics.median(latencies) < 1.0, latencies
+    assert max(latencies) < 5.0, latencies
+
+
+USE_STATE_ROUNDS = 5
+
+
+def test_use_state_duplicates_items_where_resumable_does_not(
+    tmp_path: Path, events: EventServer, actors: Actors
+) -> None:
+    """The same job, written with ``Actor.use_state`` as in Apify's docs, loses the race.
+
+    The SDK saves the state when ``migrating`` arrives, whatever the job is doing: an item
+    pushed (or being pushed) before the counter that covers it is saved is pushed again
+    after the restart. The job does nothing wrong by the docs; the save is simply not
+    tied to completed work. Whether a given migration lands in such a window is a matter
+    of timing (the job spends most of its time pushing, some waiting for pages), so the
+    assertion is on the aggregate over the rounds; each round also runs the resumable
+    version at the same moments, which must show no duplicate at all.
+    """
+    seed = int.from_bytes(os.urandom(4), "big")
+    rng = random.Random(seed)
+    rounds: list[dict[str, Any]] = []
+    for round_ in range(USE_STATE_ROUNDS):
+        moments = random_moments(rng)
+        row: dict[str, Any] = {"moments": moments}
+        for mode, saved_key, logged in (
+            ("use_state", "APIFY_GLOBAL_STATE", None),
+            ("resumable", "listing", '"platform_event": "migrating"'),
+        ):
+            storage = tmp_path / f"{mode}{round_}"
+            got = run_with_migrations(
+                actors, events, storage, mode, moments, record_file(storage, saved_key), logged
+            )
+            # Nothing is lost either way: every item is in the dataset at least once.
+            assert set(got["ids"]) == set(range(ITEMS)), (seed, round_, mode)
+            row[mode] = duplicates(got["ids"])
+        rounds.append(row)
+    MEASURED["use_state vs resumable duplicates per round"] = rounds
+    print(f"\nseed {seed}; duplicates per round: {rounds}")
+    assert all(row["resumable"] == 0 for row in rounds), rounds
+    assert sum(row["use_state"] for row in rounds) >= 1, rounds
