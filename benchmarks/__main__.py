@@ -38,6 +38,14 @@ def machine() -> dict[str, Any]:
     }
 
 
+def _load() -> list[float]:
+    """The 1, 5 and 15 minute load averages: a busy machine makes every row noisier."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: seconds, for the smoke test")
@@ -49,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     groups = args.only or list(GROUPS)
     meta = machine()
     meta["mode"] = "quick" if args.quick else ("full" if args.full else "default")
+    meta["loadavg_start"] = _load()
     started = time.perf_counter()
     rows: list[Row] = []
     todo: list[str] = []
@@ -68,11 +77,13 @@ def main(argv: list[str] | None = None) -> int:
 
             rows += dbos_cmp.all_rows(sz, Path(tmp))
     meta["seconds"] = round(time.perf_counter() - started, 1)
+    meta["loadavg_end"] = _load()
     meta["todo"] = todo
     check_finite(rows)
     print(
         f"resumable {meta['resumable']} benchmarks, {meta['date']}: {meta['cpu']}, {meta['nproc']} CPUs, "
-        f"Python {meta['python']}, mode {meta['mode']}, {meta['seconds']} s"
+        f"Python {meta['python']}, mode {meta['mode']}, {meta['seconds']} s, "
+        f"load average {meta['loadavg_start']} at start, {meta['loadavg_end']} at end"
     )
     print()
     print(render(rows))

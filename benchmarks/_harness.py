@@ -83,8 +83,8 @@ def sizes(quick: bool, full: bool = False) -> Sizes:
         flush_large=100_000,
         flush_repeats=15,
         digest_items=1_000_000,
-        digest_repeats=3,
-        dbos_steps=200,
+        digest_repeats=3,  # a repeat takes ~10 s here: the run alone is 10^6 steps
+        dbos_steps=100,
         dbos_ks=(1_000, 10_000, 100_000) if full else (1_000, 10_000),
         dbos_repeats=3,
         gen_items=200_000,
@@ -187,7 +187,7 @@ def ratios(a: list[float], b: list[float]) -> list[float]:
 
 
 def fmt(value: float, unit: str) -> str:
-    if unit == "B":
+    if unit == "B" and abs(value) >= 100:
         return f"{value:,.0f}"
     if value == 0:
         return "0"
