@@ -24,7 +24,7 @@ from resumable._record import (
     load_head,
 )
 from resumable._run import _RUN, Run
-from resumable._step import _Proxy, kind_of, qualified_name
+from resumable._step import _BoundProxy, _Proxy, kind_of, qualified_name
 from resumable.errors import CheckpointCorrupted, ResumableError
 from resumable.stores._base import Store
 
@@ -351,15 +351,33 @@ def _make_async(job: JobDef) -> Callable[..., Any]:
     return wrapper
 
 
+class _BoundJobProxy(_BoundProxy):
+    """A job bound to an instance or class: ``key_for`` and ``reset`` bind it too."""
+
+    def key_for(self, *args: Any, **kwargs: Any) -> str:
+        """Return the run key that calling the job with these arguments uses."""
+        job: JobDef = self._self_parent._self_job
+        return job.key_for(bind_arguments(self.__wrapped__, None, args, kwargs))
+
+    def reset(self, *args: Any, **kwargs: Any) -> bool:
+        """Forget the run that these arguments name (see `_JobProxy.reset`)."""
+        job: JobDef = self._self_parent._self_job
+        return reset(self.key_for(*args, **kwargs), store=job.store)
+
+
 class _JobProxy(_Proxy):
     """A decorated job: callable as the function, plus ``key_for`` and ``reset``."""
 
+    __bound_function_wrapper__ = _BoundJobProxy
     _self_job: JobDef
 
     def key_for(self, *args: Any, **kwargs: Any) -> str:
         """Return the run key that calling the job with these arguments uses."""
         job: JobDef = self._self_job
-        return job.key_for(bind_arguments(self.__wrapped__, None, args, kwargs))
+        target = self.__wrapped__
+        if isinstance(target, classmethod | staticmethod):
+            target = target.__func__
+        return job.key_for(bind_arguments(target, None, args, kwargs))
 
     def reset(self, *args: Any, **kwargs: Any) -> bool:
         """Forget the run that these arguments name, so the next call starts over.

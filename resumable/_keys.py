@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import decimal
 import enum
@@ -10,6 +9,7 @@ import hashlib
 import inspect
 import json
 import re
+import types
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import PurePath
@@ -102,14 +102,16 @@ _SIGNATURES: dict[Any, inspect.Signature] = {}
 
 
 def signature_of(func: Callable[..., Any]) -> inspect.Signature:
-    """``inspect.signature``, cached per function."""
-    try:
-        return _SIGNATURES[func]
-    except (KeyError, TypeError):
-        sig = inspect.signature(func)
-        with contextlib.suppress(TypeError):  # unhashable callables are not cached
-            _SIGNATURES[func] = sig
+    """``inspect.signature``, cached for plain functions (and bound methods of them)."""
+    if type(func) is types.FunctionType:
+        sig = _SIGNATURES.get(func)
+        if sig is None:
+            sig = _SIGNATURES[func] = inspect.signature(func)
         return sig
+    if type(func) is types.MethodType and type(func.__func__) is types.FunctionType:
+        params = list(signature_of(func.__func__).parameters.values())
+        return signature_of(func.__func__).replace(parameters=params[1:])
+    return inspect.signature(func)
 
 
 def _takes_instance(func: Callable[..., Any]) -> bool:

@@ -49,6 +49,7 @@ _RUN: ContextVar[Run | None] = ContextVar("resumable_run", default=None)
 _STEP: ContextVar[StepContext | None] = ContextVar("resumable_step", default=None)
 
 _NEW: Any = object()  # replay's answer for "not recorded: run the step"
+_SLOW: Any = object()  # replay_quick's answer for "take the full path"
 _CHUNK_ENTRIES = 256  # a chunk is closed (never rewritten again) at this many entries
 _CHUNK_BYTES = 64 * 1024
 
@@ -76,7 +77,22 @@ def current_step() -> StepContext | None:
     ``idempotency_key`` that stays the same across restarts, to dedupe against the
     outside world (an HTTP ``Idempotency-Key`` header, a database unique key).
     """
-    return _STEP.get()
+    call = _STEP.get()
+    if call is not None:
+        return call
+    run = _RUN.get()
+    if (
+        run is not None
+        and run.sync_n >= 0
+        and run.sync_sdef is not None
+        and threading.get_ident() == run._owner
+    ):
+        return StepContext(run, run.sync_sdef, run.sync_n, _nothing, (), {})
+    return None
+
+
+def _nothing() -> None:
+    return None
 
 
 class StepDef:
@@ -91,20 +107,21 @@ class StepDef:
         self.key = key
 
     def identity(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-        """A digest of the call's arguments (or of its ``key=``), to match calls by."""
-        if self.key is None:
-            from resumable._keys import bind_arguments
+        """A digest of the step's name and its call's arguments (or ``key=``), to match calls by."""
+        from resumable._keys import bind_arguments
 
+        if self.key is None:
             try:
                 bound = bind_arguments(func, None, args, kwargs)
             except TypeError:
-                return digest_plain(repr(len(args)) + ",".join(sorted(kwargs)))
-            return digest_plain(plain_arguments(bound))
-        if callable(self.key):
-            return digest_plain(str(self.key(*args, **kwargs)))
-        from resumable._keys import bind_arguments
-
-        return digest_plain(self.key.format(**bind_arguments(func, None, args, kwargs).arguments))
+                text = repr(len(args)) + ",".join(sorted(kwargs))
+            else:
+                text = digest_plain(plain_arguments(bound))
+        elif callable(self.key):
+            text = str(self.key(*args, **kwargs))
+        else:
+            text = self.key.format(**bind_arguments(func, None, args, kwargs).arguments)
+        return digest_plain(f"{self.name}\x00{text}")
 
 
 class StepContext:
@@ -261,6 +278,7 @@ class Flusher:
             if error is None:
                 self._written = max(self._written, target)
             else:
+                self.run.dirty = True  # what failed to be written is still to write
                 self._error = error
                 self._failed_upto = max(self._failed_upto, target)
             done = [w for w in self._waiters if w[0] <= target]
@@ -360,6 +378,13 @@ class Run:
         self.interval = flush_interval
         self.finished = False
         self.params: set[str] = set()
+        # The sync step running alone on the run's thread, if any (the fast path keeps
+        # it here instead of in a context variable).
+        self.sync_n = -1
+        self.sync_sdef: StepDef | None = None
+        # The task that runs the job body: async steps called from other tasks (gather,
+        # TaskGroup) may start in another order on resume, so they are matched by identity.
+        self.main_task: asyncio.Task[Any] | None = None
         self._detach: Callable[[], None] | None = None
 
     # -- the store ------------------------------------------------------------------
@@ -384,6 +409,10 @@ class Run:
     def start(self) -> None:
         """Start the flusher and the signal handlers, on the thread that runs the body."""
         self._owner = threading.get_ident()
+        try:
+            self.main_task = asyncio.current_task()
+        except RuntimeError:
+            self.main_task = None
         self.state = self._decode_state()
         self._flusher = Flusher(self, self.interval)
         self._flusher.start()
@@ -542,15 +571,74 @@ class Run:
 
     # -- steps ------------------------------------------------------------------------
 
+    def number(self, owner: bool) -> int:
+        """Take the next unit number (under the lock when called off the run's thread)."""
+        if owner:
+            n = self._next
+            self._next = n + 1
+            return n
+        with self._lock:
+            n = self._next
+            self._next = n + 1
+            return n
+
+    def make_call(
+        self,
+        sdef: StepDef,
+        n: int,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        owner: bool,
+    ) -> StepContext:
+        call = StepContext(self, sdef, n, func, args, kwargs)
+        if not owner:
+            call.concurrent = True
+        return call
+
     def new_call(
         self, sdef: StepDef, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> StepContext:
-        n = self._next
-        self._next = n + 1
-        call = StepContext(self, sdef, n, func, args, kwargs)
-        if threading.get_ident() != self._owner:
-            call.concurrent = True
-        return call
+        owner = threading.get_ident() == self._owner
+        return self.make_call(sdef, self.number(owner), func, args, kwargs, owner)
+
+    def replay_quick(self, sdef: StepDef, n: int) -> Any:
+        """The common replay cases without building a call: ``_SLOW`` for the rest."""
+        if self._ident_index or n >= self._rec_done:
+            return _SLOW
+        recorded = self._rec_entries.get(n)
+        if recorded is None:
+            if self._rec_holes and n in self._rec_holes:
+                return _SLOW
+            self._replay_digest = (self._replay_digest * 1_000_003 + sdef.code) % _PRIME
+            self._replay_folded += 1
+            self.replayed += 1
+            return None
+        if recorded[1] is None and recorded[0] == sdef.name:
+            self.replayed += 1
+            return self._decode(recorded)
+        return _SLOW
+
+    def complete_quick(
+        self,
+        sdef: StepDef,
+        n: int,
+        result: Any,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        """`complete` for a sync step that ran alone on the run's thread."""
+        done, digest, folded = self._prog
+        if n == done and not self._above and not (self._holes and n in self._holes):
+            if result is None:
+                self._prog = (n + 1, (digest * 1_000_003 + sdef.code) % _PRIME, folded + 1)
+            else:
+                self._new.append((n, [sdef.name, None, encode_value(result, f"step {sdef.name!r} (#{n})")]))
+                self._prog = (n + 1, digest, folded)
+            self.dirty = True
+            return
+        self.complete(self.make_call(sdef, n, func, args, kwargs, True), result)
 
     def replay(self, call: StepContext) -> Any:
         """Return the recorded result of ``call``, or ``_NEW`` when it must run."""
@@ -684,7 +772,13 @@ class Run:
         """Record that ``call`` returned ``result`` (encoded now: unencodable fails here)."""
         n = call.number
         done, digest, folded = self._prog
-        if n == done and not call.concurrent and not call.sdef.durable and n not in self._holes:
+        if (
+            n == done
+            and not call.concurrent
+            and not call.sdef.durable
+            and not self._above
+            and n not in self._holes
+        ):
             if result is None:
                 self._prog = (n + 1, (digest * 1_000_003 + call.sdef.code) % _PRIME, folded + 1)
             else:
@@ -745,6 +839,7 @@ class Run:
         with self._lock:
             done, count = self.item_prog
             self.item_prog = (done + new, (count or 0) + new + carried)
+            self.items_before += carried  # saved items belong to the epochs before
             self.carry_encoded = encoded
             self.dirty = True
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import threading
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 import wrapt
 
 from resumable._log import logger
-from resumable._run import _NEW, _RUN, _STEP, STEP_HOOKS, Run, StepContext, StepDef, _signals
+from resumable._run import _NEW, _PRIME, _RUN, _SLOW, _STEP, STEP_HOOKS, Run, StepContext, StepDef, _signals
 
 __all__ = ["checkpoint"]
 
@@ -21,13 +22,23 @@ _warned_threads: set[str] = set()
 _warn_lock = threading.Lock()
 
 
+class _BoundProxy(wrapt.BoundFunctionWrapper):  # type: ignore[type-arg]
+    """A decorated function bound to an instance or class; pickles as ``getattr``."""
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        owner = self._self_instance if self._self_instance is not None else self._self_owner
+        return (getattr, (owner, self.__wrapped__.__name__))
+
+
 class _Proxy(wrapt.FunctionWrapper):  # type: ignore[type-arg]
     """A decorated function that pickles by reference (module and qualified name)."""
 
+    __bound_function_wrapper__ = _BoundProxy
     _self_step: StepDef
 
     def __reduce_ex__(self, protocol: Any) -> Any:
-        return (_import_by_name, (self.__wrapped__.__module__, self.__wrapped__.__qualname__))
+        target = _underlying(self.__wrapped__)
+        return (_import_by_name, (target.__module__, target.__qualname__))
 
 
 def _import_by_name(module: str, qualname: str) -> Any:
@@ -140,19 +151,52 @@ async def _run_async(run: Run, call: StepContext, wrapped: Callable[..., Any], a
 
 
 def _make_sync(sdef: StepDef) -> Callable[..., Any]:
+    durable = sdef.durable
+    code = sdef.code
+    get_ident = threading.get_ident
+
     def step(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
         run = _RUN.get()
         if run is None:
             if _signals.owners:
                 _outside(sdef)
             return wrapped(*args, **kwargs)
-        if _STEP.get() is not None or run.finished:
-            return wrapped(*args, **kwargs)
-        call = run.new_call(sdef, wrapped, args, kwargs)
+        owner = get_ident() == run._owner
+        if (owner and run.sync_n >= 0) or run.finished or _STEP.get() is not None:
+            return wrapped(*args, **kwargs)  # nested in another step, or after the run
+        if owner:
+            n = run._next
+            run._next = n + 1
+        else:
+            n = run.number(owner)
         if run.replaying:
+            out = run.replay_quick(sdef, n)
+            if out is not _SLOW:
+                return out
+            call = run.make_call(sdef, n, wrapped, args, kwargs, owner)
             out = run.replay(call)
             if out is not _NEW:
                 return out
+            return _run_sync(run, call, wrapped, args, kwargs)
+        if owner and not durable and not run._inflight and not STEP_HOOKS:
+            # The fast path: a step alone on the run's thread.
+            run.sync_sdef = sdef
+            run.sync_n = n
+            try:
+                result = wrapped(*args, **kwargs)
+            except BaseException:
+                run.sync_n = -1
+                run.fail(run.make_call(sdef, n, wrapped, args, kwargs, owner))
+                raise
+            run.sync_n = -1
+            done, digest, folded = run._prog
+            if result is None and n == done and not run._above and not run._holes:
+                run._prog = (n + 1, (digest * 1_000_003 + code) % _PRIME, folded + 1)
+                run.dirty = True
+            else:
+                run.complete_quick(sdef, n, result, wrapped, args, kwargs)
+            return result
+        call = run.make_call(sdef, n, wrapped, args, kwargs, owner)
         return _run_sync(run, call, wrapped, args, kwargs)
 
     return step
@@ -165,9 +209,17 @@ def _make_async(sdef: StepDef) -> Callable[..., Any]:
             if _signals.owners:
                 _outside(sdef)
             return await wrapped(*args, **kwargs)
-        if _STEP.get() is not None or run.finished:
-            return await wrapped(*args, **kwargs)
-        call = run.new_call(sdef, wrapped, args, kwargs)
+        owner = threading.get_ident() == run._owner
+        if (owner and run.sync_n >= 0) or run.finished or _STEP.get() is not None:
+            return await wrapped(*args, **kwargs)  # nested in another step, or after the run
+        n = run.number(owner)
+        if run.replaying:
+            out = run.replay_quick(sdef, n)
+            if out is not _SLOW:
+                return out
+        call = run.make_call(sdef, n, wrapped, args, kwargs, owner)
+        if asyncio.current_task() is not run.main_task:
+            call.concurrent = True  # started by another task: its order may change on resume
         if run.replaying:
             out = run.replay(call)
             if out is not _NEW:

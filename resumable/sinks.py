@@ -310,13 +310,11 @@ def progress(gen: Iterable[Any], *, total: int | None = None, desc: str | None =
     finally:
         BINDING.reset(token)
     try:
+        # The job advances the bar as each item is consumed.
         if first is _END:
             return
-        binding.advance(1)
         yield first
-        for item in it:
-            binding.advance(1)
-            yield item
+        yield from it
     finally:
         binding.close()
 
@@ -345,11 +343,19 @@ class SinkFeed:
         self.skipped_new = 0
         self.skipped_carry = 0
 
-    def _reconcile(self, held: int) -> None:
+    def _reconcile(self, held: int) -> bool:
+        """Work out what the sink already holds; returns whether the baseline is new.
+
+        A new baseline (the sink's count when the run first meets it) must be written
+        before the first push, or a death after that push would count the pushed items
+        as the baseline and push them again.
+        """
         done, recorded = self.run.item_prog
+        baseline = recorded is None
         if recorded is None:
             recorded = held
             self.run.item_prog = (done, recorded)
+            self.run.dirty = True
         elif held < recorded:
             raise SinkMismatch(
                 f"run {self.run.key!r}: the sink holds {held} items, but the record says it "
@@ -372,6 +378,7 @@ class SinkFeed:
         if not self.skip:
             self._commit_skips()
         self.run.resume_point_hooks.append(self.hold)
+        return baseline
 
     def _commit_skips(self) -> None:
         if self.skipped_new or self.skipped_carry:
@@ -380,11 +387,13 @@ class SinkFeed:
 
     def start(self) -> None:
         assert self.sink is not None
-        self._reconcile(self.sink.count())
+        if self._reconcile(self.sink.count()):
+            self.run.flush()
 
     async def astart(self) -> None:
         assert self.sink is not None
-        self._reconcile(await self.sink.acount())
+        if self._reconcile(await self.sink.acount()):
+            await self.run.flush_async()
 
     def hold(self) -> list[Any]:
         """At a resume point: everything taken and not pushed becomes the carry."""
@@ -416,17 +425,21 @@ class SinkFeed:
         return bool(self.buffer or self.skipped_new or self.skipped_carry)
 
     def push(self) -> None:
+        # Once the sink took the batch it is counted, even if its flush then fails:
+        # the batch must never be pushed a second time.
         if self.buffer:
             assert self.sink is not None
             self.sink.push(self.buffer)
+            self._pushed()
             self.sink.flush()
-        if self.pending():
+        elif self.pending():
             self._pushed()
 
     async def apush(self) -> None:
         if self.buffer:
             assert self.sink is not None
             await self.sink.apush(self.buffer)
+            self._pushed()
             await self.sink.aflush()
-        if self.pending():
+        elif self.pending():
             self._pushed()
