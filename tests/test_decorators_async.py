@@ -508,7 +508,6 @@ BUG_ORDER = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_ORDER)
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
 @pytest.mark.parametrize("overlap", [False, True], ids=["sequential", "overlapping"])
 async def test_shuffled_concurrent_steps_get_their_own_results(seed: int, overlap: bool) -> None:
@@ -524,7 +523,6 @@ async def test_shuffled_concurrent_steps_get_their_own_results(seed: int, overla
     assert c.calls == Counter(range(n))  # no recorded step ran again
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_ORDER)
 @pytest.mark.parametrize("seed", [5, 6])
 async def test_shuffled_concurrent_steps_with_failures(seed: int) -> None:
     n = 10

@@ -230,12 +230,6 @@ def test_class_and_static_method_jobs(job: str, counter: str, via: str) -> None:
     assert Counter({counter: 5}) == CALLS
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Worker.job(worker, n) raises TypeError (missing 'n'): called through the "
-    "class, wrapt hands the wrapper the instance split from args, but JobDef.begin binds "
-    "args to the full (self, n) signature with instance=None",
-)
 def test_job_called_through_the_class_with_an_instance() -> None:
     w = Worker("a")
     assert Worker.job(w, 1) == _expected_job(1)
@@ -347,7 +341,6 @@ BUG_BOUND = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_BOUND)
 def test_key_for_and_reset_through_a_bound_method() -> None:
     w = Worker("a")
     w.job(2)
@@ -357,7 +350,6 @@ def test_key_for_and_reset_through_a_bound_method() -> None:
     assert STORE.get(key) is None
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_BOUND)
 @pytest.mark.parametrize("name", ["cjob", "cjob_outer"])
 def test_key_for_of_a_classmethod_job(name: str) -> None:
     getattr(Worker, name)(2)
@@ -386,12 +378,6 @@ def test_static_method_steps_pickle_by_reference() -> None:
     assert pickle.loads(pickle.dumps(Worker.sstep)) is Worker.__dict__["sstep"].__func__
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a decorated method accessed through its class or an instance is a wrapt "
-    "BoundFunctionWrapper without __reduce_ex__, so pickle.dumps(Worker.step) and "
-    "pickle.dumps(worker.step) raise NotImplementedError (plain methods pickle fine)",
-)
 @pytest.mark.parametrize("name", ["step", "cstep", "job"])
 def test_decorated_methods_pickle(name: str) -> None:
     loaded = pickle.loads(pickle.dumps(getattr(Worker("a"), name)))

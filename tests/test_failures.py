@@ -451,12 +451,6 @@ def test_async_flush_waiters_get_the_store_error() -> None:
     assert asyncio.run(job()) == "ok"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Run._snapshot clears `dirty` before the write; when a whole round of "
-    "retries fails the flag stays False, so with no new progress the flusher never tries "
-    "again and the completed units stay unwritten until the run ends",
-)
 def test_progress_unwritten_after_a_failed_round_is_written_at_a_later_interval() -> None:
     store = FailingStore()
 
