@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, overload
 
+import tenacity
+
 from resumable import _config
 from resumable._keys import bind_arguments, digest_plain, format_key, make_key, plain_arguments, signature_of
 from resumable._log import logger
@@ -25,8 +27,8 @@ from resumable._record import (
 )
 from resumable._run import _RUN, Run
 from resumable._step import _BoundProxy, _Proxy, kind_of, qualified_name
-from resumable.errors import CheckpointCorrupted, ResumableError
-from resumable.stores._base import Store
+from resumable.errors import CheckpointCorrupted, ResumableError, RunLocked
+from resumable.stores._base import RunLock, Store
 
 __all__ = ["JobDef", "flush", "reset", "restart_with", "resumable", "state"]
 
@@ -170,6 +172,18 @@ def _read(store: Store, key: str, raw: bytes) -> tuple[Head, dict[int, Entry]]:
     return head, entries
 
 
+def _take_lock(store: Store, key: str) -> RunLock:
+    """Take a run's lock. A lock held for an instant (``Store.is_locked`` probing, as
+    ``resumable list`` does) is waited out for up to 50 ms; a live run is not."""
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(RunLocked),
+        stop=tenacity.stop_after_delay(0.05),
+        wait=tenacity.wait_fixed(0.005),
+        reraise=True,
+    )
+    return retrying(store.lock, key)
+
+
 def delete_run(store: Store, key: str) -> bool:
     """Remove a run's head and chunks; returns whether a head was there."""
     existed = store.get(key) is not None
@@ -221,7 +235,7 @@ class JobDef:
         bound = bind_arguments(wrapped, None, args, kwargs)
         key = self.key_for(bound)
         store = _config.resolve_store(self.store)
-        lock = store.lock(key)
+        lock = _take_lock(store, key)
         try:
             head, entries = _load(store, key, self.on_corrupt)
             if head is not None and head.status == "finished":
