@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -135,7 +136,8 @@ class CatalogAPI:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.wfile.write(data)  # the client may have been killed meanwhile
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # quiet
@@ -192,12 +194,18 @@ def read_ids(path: Path) -> list[int]:
     return [json.loads(line)["id"] for line in path.read_text().splitlines()]
 
 
-def demonstrate(command: Callable[[str, Path], list[str]], title: str) -> int:
+def demonstrate(
+    command: Callable[[str, Path], list[str]],
+    title: str,
+    items: int = ITEMS,
+    page_size: int = PAGE_SIZE,
+    latency: float = LATENCY,
+) -> int:
     """Serve the API, run ``command`` in a child, SIGKILL it part way, run it again, check."""
     work = Path(tempfile.mkdtemp(prefix="resumable-pagination-"))
     env = dict(os.environ, RESUMABLE_DIR=str(work / ".resumable"))
     out = work / "listings.jsonl"
-    with CatalogAPI() as api:
+    with CatalogAPI(items, page_size, latency) as api:
         print(f"{title}: {api.items} items in {api.pages} pages at {api.url}, output {out}")
         print("1. consume the API in a child process and SIGKILL it part way")
         proc = subprocess.Popen(command(api.url, out), env=env)
@@ -221,16 +229,23 @@ def demonstrate(command: Callable[[str, Path], list[str]], title: str) -> int:
     return 0 if ok else 1
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--items", type=int, default=ITEMS, help="items the API serves")
+    parser.add_argument("--page-size", type=int, default=PAGE_SIZE, help="items a page")
+    parser.add_argument("--latency", type=float, default=LATENCY, help="seconds the API takes a page")
     parser.add_argument("--child", nargs=2, metavar=("API", "OUT"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
     if args.child:
         child(args.child[0], Path(args.child[1]))
         return 0
-    return demonstrate(child_command, "pagination demo")
+    return demonstrate(child_command, "pagination demo", args.items, args.page_size, args.latency)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ resumed run gets the new process's client and the saved cursor::
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 from collections.abc import AsyncIterator
@@ -37,7 +36,7 @@ from resumable import flush, restart_with, resumable
 from resumable.sinks import JsonLinesSink, adrain
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pagination import demonstrate
+from pagination import demonstrate, parse_args
 
 
 @resumable
@@ -71,15 +70,12 @@ def child_command(api: str, out: Path) -> list[str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--child", nargs=2, metavar=("API", "OUT"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parse_args()
     if args.child:
         asyncio.run(child(args.child[0], Path(args.child[1])))
         return 0
-    return demonstrate(child_command, "async pagination demo (httpx, adrain)")
+    title = "async pagination demo (httpx, adrain)"
+    return demonstrate(child_command, title, args.items, args.page_size, args.latency)
 
 
 if __name__ == "__main__":
