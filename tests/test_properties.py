@@ -25,13 +25,23 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resumable import checkpoint, restart_with, resumable, state
 from resumable.sinks import ListSink, adrain, drain
 from resumable.testing import Crash, Report, Schedule, crash_schedules, run_with_crashes
-from tests.strategies import Shape, durable_labels, expected, job_shapes, labels, payload
+from tests.strategies import (
+    RESULTS,
+    Shape,
+    StepFailed,
+    durable_labels,
+    expected,
+    failed,
+    job_shapes,
+    labels,
+    payload,
+)
 
 pytest_plugins = ["resumable.testing._plugin"]
 
@@ -77,6 +87,13 @@ def durable(label: int, result: str) -> Any:
 STEPS = {"plain": plain, "durable": durable}
 
 
+def call(label: int, kind: str, result: str) -> Any:
+    try:
+        return STEPS[kind](label, result)
+    except StepFailed:
+        return failed(label)  # the job goes on; the step is a hole, run again on resume
+
+
 def apply_state(op: tuple[Any, ...]) -> None:
     current = state()
     current[op[1]] = current.get(op[1], 0) + op[2]
@@ -88,7 +105,7 @@ def sync_job(shape: Shape, seg: int = 0, acc: list[Any] | None = None) -> tuple[
     for s in range(seg, len(shape)):
         for op in shape[s]:
             if op[0] == "step":
-                acc.append(STEPS[op[2]](op[1], op[3]))
+                acc.append(call(op[1], op[2], op[3]))
             else:
                 apply_state(op)
         if s + 1 < len(shape):
@@ -107,6 +124,39 @@ def test_sync_jobs_survive_crashes_anywhere(flushing, data):
     # flight when the process died can run again.
     again = sum(ran[label] - 1 for label in durable_labels(shape))
     assert again <= report.restarts
+
+
+@checkpoint
+def numbered(i: int, every: int) -> int | None:
+    return None if i % every else i
+
+
+@resumable(key="prop-long", flush_interval=0)
+def long_job(n: int, every: int, point: int, start: int = 0, total: int = 0) -> int:
+    for i in range(start, n):
+        value = numbered(i, every)
+        total += value or 0
+        if i == point:
+            restart_with(start=i + 1, total=total)
+    return total
+
+
+@FLUSHING
+@settings(max_examples=10)
+@given(
+    n=st.integers(200, 700),
+    every=st.integers(1, 4),
+    point=st.integers(-1, 700),
+    data=st.data(),
+)
+def test_long_jobs_cross_result_chunks_and_survive_crashes(flushing, n, every, point, data):
+    # More than 256 recorded results: the record's chunks fill, close and start anew.
+    schedule = data.draw(schedules_for(n), label="schedule")
+    report = run_with_crashes(lambda: long_job(n, every, point), schedule, flushing=flushing)
+    assert report.error is None, report.crashes
+    assert report.result == sum(i for i in range(n) if i % every == 0), report.crashes
+    assert set(executions_by_label(report)) == set(range(n))
+    assert report.rerun_after_write == []
 
 
 # -- async function jobs with concurrent steps --------------------------------------
@@ -129,6 +179,13 @@ async def adurable(label: int, result: str, delay: int) -> Any:
 ASTEPS = {"plain": aplain, "durable": adurable}
 
 
+async def acall(label: int, kind: str, result: str, delay: int) -> Any:
+    try:
+        return await ASTEPS[kind](label, result, delay)
+    except StepFailed:
+        return failed(label)
+
+
 @resumable(key="prop-async", flush_interval=0)
 async def async_job(
     shape: Shape, seg: int = 0, acc: list[Any] | None = None
@@ -137,9 +194,9 @@ async def async_job(
     for s in range(seg, len(shape)):
         for op in shape[s]:
             if op[0] == "step":
-                acc.append(await ASTEPS[op[2]](op[1], op[3], 0))
+                acc.append(await acall(op[1], op[2], op[3], 0))
             elif op[0] == "gather":
-                acc.extend(await asyncio.gather(*(ASTEPS[k](label, r, d) for label, k, r, d in op[1])))
+                acc.extend(await asyncio.gather(*(acall(label, k, r, d) for label, k, r, d in op[1])))
             else:
                 apply_state(op)
         if s + 1 < len(shape):
@@ -174,7 +231,10 @@ async def after_a_while(seed: int, label: int, result: str) -> Any:
     turns = random.Random(f"{seed}:{ATTEMPT['n']}:{label}").randrange(4)
     for _ in range(turns):
         await asyncio.sleep(0)
-    return await overlapping(label, result)
+    try:
+        return await overlapping(label, result)
+    except StepFailed:
+        return failed(label)
 
 
 @resumable(key="prop-shuffled", flush_interval=0)
@@ -186,7 +246,7 @@ async def shuffled_job(shape: Shape, seed: int) -> tuple[list[Any], dict[str, in
             if op[0] == "gather":
                 acc.extend(await asyncio.gather(*(after_a_while(seed, label, r) for label, _, r, _ in op[1])))
             elif op[0] == "step":
-                acc.append(await overlapping(op[1], op[3]))
+                acc.append(await after_a_while(seed, op[1], op[3]))
             else:
                 apply_state(op)
     return acc, dict(state())
@@ -199,7 +259,9 @@ def flat(shape: Shape) -> Shape:
 
 @given(data=st.data(), seed=st.integers(0, 1000))
 def test_concurrent_steps_called_in_another_order_on_resume_get_their_own_results(data, seed):
-    shape = flat(data.draw(job_shapes(concurrent=True, durable=False), label="shape"))
+    # Steps that raise are left out here: see the xfail test of a failed step below.
+    completing = tuple(r for r in RESULTS if r != "raise")
+    shape = flat(data.draw(job_shapes(concurrent=True, durable=False, results=completing), label="shape"))
     schedule = data.draw(schedules_for(len(labels(shape))), label="schedule")
     ATTEMPT["n"] = 0
     report = run_with_crashes(lambda: shuffled_job(shape, seed), schedule)
@@ -232,13 +294,9 @@ async def two_fetches() -> list[str]:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: concurrent async steps that did not overlap in time are recorded by position "
-    "only (Run.complete fast path; concurrency is detected by overlap in Run.begin), so when "
-    "their call order changes on resume, each receives the other's recorded result",
-)
 def test_concurrent_steps_that_did_not_overlap_get_their_own_results_after_a_reorder():
+    # Regression: steps of other tasks were once matched by position when they did
+    # not overlap in time, and received each other's results after a reorder.
     def start() -> Any:
         FIRST["url"] = "y" if start.calls else "x"  # type: ignore[attr-defined]
         start.calls += 1  # type: ignore[attr-defined]
@@ -284,13 +342,8 @@ async def same_arguments() -> list[str]:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a concurrent step's identity is a digest of its arguments only (StepDef.identity) "
-    "and Run.replay matches recorded entries by identity without comparing the step name, so "
-    "right(1), called first on resume, receives left(1)'s recorded result",
-)
 def test_overlapping_different_steps_with_equal_arguments_keep_their_results_after_a_reorder():
+    # Regression: identities were argument digests without the step name.
     calls = {"n": 0}
 
     def start() -> Any:
@@ -301,6 +354,62 @@ def test_overlapping_different_steps_with_equal_arguments_keep_their_results_aft
     report = run_with_crashes(start, Schedule((Crash("write", 2),)))
     assert report.restarts == 1
     assert report.result == ["left 1", "right 1"]
+
+
+@checkpoint
+async def may_fail(url: str) -> str:
+    await asyncio.sleep(0)
+    if url == "bad":
+        raise ValueError(url)
+    return f"page of {url}"
+
+
+async def try_after(url: str, turns: int) -> str:
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    try:
+        return await may_fail(url)
+    except ValueError:
+        return "failed"
+
+
+@checkpoint
+async def finish() -> None:
+    return None
+
+
+@resumable(key="failed-reorder")
+async def one_fails() -> list[str]:
+    first = FIRST["url"]
+    pages = await asyncio.gather(
+        try_after("ok", 0 if first == "ok" else 3), try_after("bad", 0 if first == "bad" else 3)
+    )
+    await finish()
+    await finish()
+    return list(pages)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a concurrent step that raised is recorded as a hole by position (Run.fail / "
+    "_holes); when the call order changes on resume it is called at another position, where "
+    "Run.replay finds no hole and no identity match and runs _verify before the watermark: "
+    "ReplayMismatch instead of running the failed step again",
+)
+def test_a_failed_concurrent_step_runs_again_after_a_reorder():
+    calls = {"n": 0}
+
+    def start() -> Any:
+        FIRST["url"] = "bad" if calls["n"] else "ok"  # "bad" calls its step first on resume
+        calls["n"] += 1
+        return one_fails()
+
+    # Attempt 1: may_fail("ok") #0 completes, may_fail("bad") #1 raises, finish #2
+    # completes; the process dies before finish #3.
+    report = run_with_crashes(start, Schedule((Crash("before_step", 3),)))
+    assert report.restarts == 1
+    assert report.error is None, repr(report.error)
+    assert report.result == ["page of ok", "failed"]
 
 
 # -- generator jobs and sinks -------------------------------------------------------
@@ -404,13 +513,8 @@ def letters(n: int):
         yield f"item{i}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: drain() keeps the sink's starting count in memory only (SinkFeed._reconcile) "
-    "until the first record write; a crash after the first push and before that write makes "
-    "the restart take the sink's new count as its baseline and push the first batch again",
-)
 def test_a_crash_after_the_first_push_before_any_record_write_does_not_duplicate_the_batch():
+    # Regression: the sink's starting count lived in memory until the first write.
     sink = ListSink()
     # Write #0 is the first record write, after the first push of 2 items.
     report = run_with_crashes(lambda: drain(letters(5), sink, batch_size=2), Schedule((Crash("write", 0),)))
