@@ -27,6 +27,8 @@ Environment:
   its storages.
 - ``CHILD_ITEMS``, ``CHILD_PAGE``, ``CHILD_LATENCY``: the source (items, page size,
   seconds per page).
+- ``CHILD_FLUSH_INTERVAL``: ``resumable.apify.configure(flush_interval=...)`` (default:
+  the Apify default, 5 s).
 - ``CHILD_EFFECTS``, ``CHILD_FAIL_AT``: the ``steps`` mode's side-effect file and the
   step that raises.
 
@@ -55,6 +57,7 @@ from crawlee import service_locator
 
 from resumable import checkpoint, restart_with, resumable
 from resumable.apify import DatasetSink
+from resumable.apify import configure as configure_apify
 from resumable.sinks import adrain
 
 ITEMS = PAGE = FAIL_AT = 0
@@ -91,6 +94,8 @@ def setup_logging() -> None:
 
 
 def setup_actor() -> None:
+    if os.environ.get("CHILD_FLUSH_INTERVAL"):
+        configure_apify(flush_interval=float(os.environ["CHILD_FLUSH_INTERVAL"]))
     purge = os.environ.get("CHILD_PURGE") == "1"
     ws_url = os.environ.get("CHILD_WS_URL")
     if ws_url:
