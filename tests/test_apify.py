@@ -919,7 +919,9 @@ async def test_sync_job_called_on_the_actor_loop_raises_blocking_job_on_loop(
 # -- local runs: the SDK purges the default store at start ----------------------------------
 
 
-def test_local_run_with_the_default_purge_resumes_from_the_named_store(tmp_path: Path, actors: Actors) -> None:
+def test_local_run_with_the_default_purge_resumes_from_the_named_store(
+    tmp_path: Path, actors: Actors
+) -> None:
     """As under ``apify run`` on a laptop: no platform, purging on (the SDK's local default)."""
     storage = tmp_path / "storage"
     effects = tmp_path / "effects.txt"
@@ -988,7 +990,9 @@ async def test_default_flush_interval_is_longer_inside_an_actor(sdk: Path) -> No
     assert _config.resolve_interval(None) == 1.0
 
 
-async def test_store_writes_are_bounded_by_the_flush_interval(sdk: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_store_writes_are_bounded_by_the_flush_interval(
+    sdk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     interval, duration = 0.5, 3.0
     rapify.configure(flush_interval=interval)
     writes: list[float] = []
@@ -1024,7 +1028,9 @@ async def test_store_writes_are_bounded_by_the_flush_interval(sdk: Path, monkeyp
     gaps = [b - a for a, b in zip(writes, writes[1:], strict=False)][:-1]  # the last is the final write
     assert min(gaps) >= interval * 0.8, gaps
     MEASURED["fast job: steps per second"] = round(steps / took)
-    MEASURED[f"fast job: store writes per minute at flush_interval={interval}"] = round(len(writes) / took * 60)
+    MEASURED[f"fast job: store writes per minute at flush_interval={interval}"] = round(
+        len(writes) / took * 60
+    )
     MEASURED["so on Apify defaults (5 s): at most writes per minute"] = 60 / 5 + 1
     print(f"\n{steps} steps in {took:.2f} s, {len(writes)} head writes: {MEASURED}")
 
