@@ -43,8 +43,6 @@ from tests.strategies import (
     payload,
 )
 
-pytest_plugins = ["resumable.testing._plugin"]
-
 FLUSHING = pytest.mark.parametrize("flushing", ["schedule", "job"])
 
 

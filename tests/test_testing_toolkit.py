@@ -19,7 +19,8 @@ from resumable.testing import (
     run_with_crashes,
 )
 
-pytest_plugins = ["resumable.testing._plugin"]
+# The plugin's fixture (the `resumable` pytest11 entry point provides it once installed).
+from resumable.testing._plugin import resumable_store  # noqa: F401
 
 CALLS: list[str] = []  # the outside world the jobs below act on
 
@@ -135,13 +136,13 @@ def test_the_store_a_job_names_is_replaced_by_the_harness_store(tmp_path):
     assert not directory.exists() or list(directory.iterdir()) == []
 
 
-def test_a_job_using_the_default_store_gets_the_fixture_store(resumable_store):
+def test_a_job_using_the_default_store_gets_the_fixture_store(resumable_store):  # noqa: F811
     @resumable(key="plugin-job")
     def job() -> int:
         return add(1)
 
     assert job() == 10
-    assert resumable_store.keys("plugin-job") == ["plugin-job"]
+    assert "plugin-job" in resumable_store.keys("plugin-job")
 
 
 def test_other_tasks_of_an_async_job_die_with_the_process():
@@ -168,6 +169,8 @@ def test_a_broken_replay_is_reported_as_a_rerun_after_write(monkeypatch):
     # Simulate a core bug: replay that ignores the record. The harness must notice
     # that steps whose completion was written ran again.
     monkeypatch.setattr(_run.Run, "replay", lambda self, call: _run._NEW)
+    if hasattr(_run.Run, "replay_quick"):  # the fast path of common replays
+        monkeypatch.setattr(_run.Run, "replay_quick", lambda self, sdef, n: _run._SLOW)
     report = run_with_crashes(lambda: adder(4), Schedule((Crash("before_step", 3),)))
     assert [e.number for e in report.rerun_after_write] == [0, 1, 2]
     with pytest.raises(NotResumable, match="resumable broke its own guarantee"):

@@ -323,8 +323,9 @@ class _Process:
     def hits(self, kind: str) -> bool:
         """Count an event of ``kind``; tell whether the attempt dies at it."""
         counts = self.attempt.events
-        index = counts[kind]
-        counts[kind] = index + 1
+        with self.mutex:
+            index = counts[kind]
+            counts[kind] = index + 1
         crash = self.crash
         return crash is not None and crash.at == kind and crash.index == index
 
