@@ -256,6 +256,8 @@ def _check_sink_run(
         recorded = head["items"].get("sink")
         if recorded is not None:
             assert recorded <= len(sink.durable), (recorded, len(sink.durable))
+            # The sink started empty: the run's position is what the sink holds by its record.
+            assert record_position(head) == recorded, head["items"]
 
     data = Watched(check)
     if run_async:
