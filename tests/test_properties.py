@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections import Counter
 from typing import Any
 
@@ -155,6 +156,81 @@ def test_long_jobs_cross_result_chunks_and_survive_crashes(flushing, n, every, p
     assert report.result == sum(i for i in range(n) if i % every == 0), report.crashes
     assert set(executions_by_label(report)) == set(range(n))
     assert report.rerun_after_write == []
+
+
+# Without step hooks, resumable runs plain sync steps on its fast path (the code
+# production runs). Only write crashes are possible then; the step bodies log their
+# own executions, and each attempt's are checked against the record it started from.
+
+EXECUTED: list[Any] = []
+
+
+@checkpoint
+def logged(label: int, result: str) -> Any:
+    EXECUTED.append(label)
+    time.sleep(0.0005)  # long enough for the flusher (polling every 1 ms) to write mid-run
+    return payload(label, result)
+
+
+@resumable(key="prop-fast", flush_interval=0)
+def fast_job(shape: Shape, seg: int = 0, acc: list[Any] | None = None) -> tuple[list[Any], dict[str, int]]:
+    acc = list(acc or [])
+    for s in range(seg, len(shape)):
+        for op in shape[s]:
+            if op[0] == "step":
+                try:
+                    acc.append(logged(op[1], op[3]))
+                except StepFailed:
+                    acc.append(failed(op[1]))
+            else:
+                apply_state(op)
+        if s + 1 < len(shape):
+            restart_with(seg=s + 1, acc=acc)
+    return acc, dict(state())
+
+
+def units(shape: Shape) -> dict[int, tuple[int, int]]:
+    """Label -> (resume point, step number): where each step of a sync shape counts."""
+    found = {}
+    for epoch, segment in enumerate(shape):
+        steps = [op for op in segment if op[0] == "step"]
+        for n, op in enumerate(steps):
+            found[op[1]] = (epoch, n)
+    return found
+
+
+@given(data=st.data())
+def test_plain_steps_on_the_fast_path_survive_crashes_in_writes(data):
+    shape = data.draw(job_shapes(durable=False), label="shape")
+    n = len(labels(shape))
+    schedule = data.draw(
+        crash_schedules(steps=max(n, 1), writes=n // 2 + 2, kinds=("write",), max_crashes=4), label="schedule"
+    )
+    EXECUTED.clear()
+
+    def start() -> Any:
+        EXECUTED.append(None)  # an attempt starts
+        return fast_job(shape)
+
+    report = run_with_crashes(start, schedule, flushing="job", hooks=False)
+    assert report.error is None, report.crashes
+    assert report.result == expected(shape), report.crashes
+    assert set(EXECUTED) - {None} == set(labels(shape))
+    where = units(shape)
+    attempts: list[list[int]] = []
+    for label in EXECUTED:
+        if label is None:
+            attempts.append([])
+        else:
+            attempts[-1].append(label)
+    assert len(attempts) == len(report.attempts)
+    for attempt, ran in zip(report.attempts, attempts, strict=True):
+        record = attempt.record_at_start.get("prop-fast")
+        if record is None:
+            continue
+        written = {(record.epoch, u) for u in record.completed()}
+        again = [label for label in ran if where[label] in written]
+        assert not again, f"steps {again} ran again in attempt {attempt.number} although written"
 
 
 # -- async function jobs with concurrent steps --------------------------------------

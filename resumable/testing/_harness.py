@@ -53,6 +53,7 @@ __all__ = [
     "Execution",
     "HarnessStore",
     "ProcessDied",
+    "RecordSummary",
     "Report",
     "Schedule",
     "run_with_crashes",
@@ -205,6 +206,7 @@ class Attempt:
     items: list[Any] = field(default_factory=list)
     iterated: bool = False  # the job's call returned an iterator, which the harness consumed
     items_from: int = 0  # items the record said were consumed when the attempt started
+    record_at_start: dict[str, RecordSummary] = field(default_factory=dict)  # by run key
     events: Counter[str] = field(default_factory=Counter)
 
 
@@ -579,6 +581,7 @@ _original_resolve_store = _config.resolve_store
 _original_resolve_interval = _config.resolve_interval
 _scope_lock = threading.Lock()
 _scope_depth = 0
+_hook_depth = 0
 
 
 def _resolve_store(explicit: Store | str | None) -> Store:
@@ -593,16 +596,19 @@ def _resolve_interval(explicit: float | None) -> float:
 
 
 @contextlib.contextmanager
-def _scope() -> Iterator[None]:
+def _scope(hooks: bool) -> Iterator[None]:
     """Route every store the job names to the harness's, and observe step events."""
     # Until core offers a supported override, the harness replaces the resolution
     # functions of `resumable._config`; outside a harness context they behave as before.
-    global _scope_depth
+    global _scope_depth, _hook_depth
     with _scope_lock:
+        if hooks:
+            if _hook_depth == 0:
+                _run.STEP_HOOKS.append(_on_step_event)
+            _hook_depth += 1
         if _scope_depth == 0:
             _config.resolve_store = _resolve_store
             _config.resolve_interval = _resolve_interval
-            _run.STEP_HOOKS.append(_on_step_event)
             sinks.SinkFeed.push = _push  # type: ignore[method-assign,assignment]
             sinks.SinkFeed.apush = _apush  # type: ignore[method-assign,assignment]
         _scope_depth += 1
@@ -616,8 +622,11 @@ def _scope() -> Iterator[None]:
                 _config.resolve_interval = _original_resolve_interval
                 sinks.SinkFeed.push = _original_push  # type: ignore[method-assign]
                 sinks.SinkFeed.apush = _original_apush  # type: ignore[method-assign]
-                with contextlib.suppress(ValueError):
-                    _run.STEP_HOOKS.remove(_on_step_event)
+            if hooks:
+                _hook_depth -= 1
+                if _hook_depth == 0:
+                    with contextlib.suppress(ValueError):
+                        _run.STEP_HOOKS.remove(_on_step_event)
 
 
 # -- running attempts ---------------------------------------------------------------
@@ -741,8 +750,8 @@ def _attempt(
 
 
 @dataclass
-class _Written:
-    """The completions a run's record holds, as an attempt found it."""
+class RecordSummary:
+    """What a run's record held when an attempt started: its step completions and items."""
 
     epoch: int
     done: int
@@ -750,6 +759,10 @@ class _Written:
     above: set[int]
     entries: dict[int, tuple[str, str | None]]  # unit -> (step name, identity or None)
     items: int  # items consumed, all resume points included
+
+    def completed(self) -> set[int]:
+        """The step units of the record's epoch that completed."""
+        return {n for n in range(self.done) if n not in self.holes} | self.above
 
     def holds(self, execution: Execution) -> bool:
         """Tell whether the record holds this step call's completion."""
@@ -764,10 +777,10 @@ class _Written:
         return completed and (entry is None or entry[1] is None)
 
 
-def _written(data: MemoryStore) -> dict[str, _Written]:
+def _written(data: MemoryStore) -> dict[str, RecordSummary]:
     from resumable._job import _load
 
-    found: dict[str, _Written] = {}
+    found: dict[str, RecordSummary] = {}
     for key in data.keys(""):
         if is_auxiliary(key):
             continue
@@ -777,7 +790,7 @@ def _written(data: MemoryStore) -> dict[str, _Written]:
             continue
         if head is None:
             continue
-        found[key] = _Written(
+        found[key] = RecordSummary(
             epoch=head.epoch,
             done=head.done,
             holes={int(n) for n in head.holes},
@@ -797,6 +810,7 @@ def run_with_crashes(
     flushing: str = "schedule",
     trace: bool = False,
     data: MemoryStore | None = None,
+    hooks: bool = True,
 ) -> Report:
     """Run a job under a crash schedule, restarting it from the store until it ends.
 
@@ -817,6 +831,9 @@ def run_with_crashes(
         trace: Also call ``observe()`` at every step boundary and record the
             timeline (used to tell where a side effect happened).
         data: The shared store data (default: a fresh `MemoryStore`).
+        hooks: Observe step events (default). Without, only ``write``, ``item`` and
+            ``push`` crashes fire and executions are not recorded, but resumable runs
+            the code it runs when nobody observes it (its fast path for plain steps).
 
     Returns:
         A `Report`. The job's own exception, if the last attempt raised one, is in
@@ -831,7 +848,7 @@ def run_with_crashes(
     flush_every = schedule.flush_every if flushing == "schedule" else None
     token = _FLUSHING.set(flushing)
     try:
-        with _scope():
+        with _scope(hooks):
             number = 0
             while True:
                 planned = schedule.crashes[number] if number < len(schedule.crashes) else None
@@ -840,6 +857,7 @@ def run_with_crashes(
                 report.attempts.append(attempt)
                 process = _Process(attempt, flush_every, observe, timeline)
                 before = _written(data) if number > 1 else {}
+                attempt.record_at_start = before
                 attempt.items_from = sum(w.items for w in before.values())
                 outcome, value = _attempt(start, process, HarnessStore(data, process), consume)
                 attempt.outcome = outcome
