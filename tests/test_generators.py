@@ -22,6 +22,7 @@ from resumable import (
     Store,
     checkpoint,
     current_run,
+    flush,
     restart_with,
     resumable,
     state,
@@ -781,3 +782,52 @@ def test_generator_doc_example_runs(code: str, tmp_path: Path, monkeypatch: pyte
     monkeypatch.setenv("RESUMABLE_DIR", str(tmp_path / ".resumable"))
     namespace: dict[str, object] = {"__name__": f"generators_doc_{abs(hash(code))}"}
     exec(compile(code, str(DOC), "exec"), namespace)
+
+
+class DyingAfterHeadStore(FreezableStore):
+    """Dies right after the head of a given epoch lands: the clean-up after it never runs."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__()
+        self.epoch = epoch
+
+    def set(self, key: str, value: bytes) -> None:
+        super().set(key, value)
+        if "(" not in key and not self.frozen and json.loads(value)["epoch"] == self.epoch:
+            self.frozen = True  # the process dies before deleting the old epoch's chunks
+            self.epoch = -1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: Run.write deletes an old epoch's chunks after writing the next epoch's head; a "
+    "death in between leaves them, and a resumed run only knows its own epoch's chunks "
+    "(Run._stale_chunks starts empty), so KEY(r)<old epoch>.N stay in the store for good",
+)
+def test_no_chunks_of_old_epochs_are_left_after_a_crash_between_head_and_clean_up() -> None:
+    store = DyingAfterHeadStore(epoch=3)
+
+    @checkpoint
+    def fetch(cursor: int) -> list[int]:
+        return [cursor * 10, cursor * 10 + 1]
+
+    @resumable(store=store, flush_interval=3600)
+    def listing(cursor: int = 0) -> Iterator[int]:
+        while cursor < 6:
+            page = fetch(cursor)
+            flush()  # the page is recorded in this epoch's chunk
+            if store.frozen:
+                raise Crash
+            yield from page
+            cursor += 1
+            restart_with(cursor=cursor)
+
+    with pytest.raises(Crash):
+        list(listing())
+    key = listing.key_for()
+    assert store.keys(f"{key}(r)2.")  # left behind by the dead process
+    store.frozen = False
+    assert list(listing()) == [30, 31, 40, 41, 50, 51]
+    epoch = json.loads(store.get(key) or b"{}")["epoch"]
+    leftovers = [k for k in store.keys(f"{key}(r)") if not k.startswith(f"{key}(r){epoch}.")]
+    assert leftovers == []
