@@ -14,6 +14,7 @@ zygote before it forks. Modes:
   per-page latency) drained with ``adrain`` into ``DatasetSink``.
 - ``use_state``: the same job written as Apify's docs suggest, with ``Actor.use_state``:
   push an item, then advance a counter; the SDK saves the state on ``migrating``.
+- ``example``: examples/apify_actor (its input from the storage's ``INPUT.json``).
 - ``steps``: a resumable async job of ``@checkpoint`` steps that append to a side-effect
   file (``CHILD_EFFECTS``); it stops (exception) at step ``CHILD_FAIL_AT`` if set.
 
@@ -173,11 +174,31 @@ async def main(mode: str) -> None:
         await MODES[mode]()
 
 
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "apify_actor"
+
+
+def run_example() -> None:
+    """examples/apify_actor, as ``python -m src`` runs it in its directory."""
+    sys.path.insert(0, str(EXAMPLE))
+    from src.main import main as example_main  # type: ignore[import-not-found]
+
+    say("started", pid=os.getpid())
+    try:
+        asyncio.run(example_main())
+    except SystemExit as exc:  # the Actor ends the process when it is done
+        if exc.code not in (0, None):
+            raise
+    say("finished", pushed=None)
+
+
 def run(mode: str) -> None:
     setup_logging()
     read_settings()
     setup_actor()
-    asyncio.run(main(mode))
+    if mode == "example":
+        run_example()
+    else:
+        asyncio.run(main(mode))
 
 
 def forked(order: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ import logging
 import os
 import queue
 import random
+import re
 import signal
 import statistics
 import subprocess
@@ -491,6 +492,7 @@ def run_with_migrations(
     return {
         "kills": kills,
         "pushed_after": finished["pushed"],
+        "last": last,
         "ids": [item["id"] for item in dataset_items(storage)],
         "last_log": last.log(),
     }
@@ -585,6 +587,31 @@ def test_use_state_duplicates_items_where_resumable_does_not(
     print(f"\nseed {seed}; duplicates per round: {rounds}")
     assert all(row["resumable"] == 0 for row in rounds), rounds
     assert sum(row["use_state"] for row in rounds) >= 1, rounds
+
+
+def test_example_actor_survives_migrations_with_each_listing_once(
+    tmp_path: Path, events: EventServer, actors: Actors
+) -> None:
+    """examples/apify_actor, migrated twice at random moments as the platform would."""
+    storage = tmp_path / "storage"
+    default = storage / "key_value_stores" / "default"
+    default.mkdir(parents=True)
+    (default / "INPUT.json").write_text(json.dumps({"items": ITEMS, "pageSize": 10, "latencyMs": 20}))
+    moments = sorted(random.sample(range(10, ITEMS - 50, 10), 2))
+    got = run_with_migrations(
+        actors,
+        events,
+        storage,
+        "example",
+        moments,
+        record_file(storage, f"listings-{ITEMS}-10"),
+        logged='"platform_event": "migrating"',
+    )
+    assert got["ids"] == list(range(ITEMS)), moments
+    pushed = re.findall(r"Pushed (\d+) listings in this run", got["last"].err.read_text())
+    assert pushed == [str(ITEMS - got["kills"][-1]["count"])], moments
+    titles = [item["title"] for item in dataset_items(storage)]
+    assert titles[:2] == ["Listing 0", "Listing 1"]
 
 
 # -- ApifyStore passes the store contract -----------------------------------------------
