@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
@@ -371,3 +372,53 @@ async def test_cancelling_the_consumer_task_leaves_a_resumable_run(store: Memory
     assert head["items"]["done"] == 3
     assert head["error"] is None  # a cancellation is an interruption, not a failure
     assert await collect(slow(6)) == [3, 4, 5]
+
+
+class SlowLockStore(MemoryStore):
+    """Its first lock() blocks until released, as a slow store (a network one) may."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.returned = threading.Event()
+        self._first = True
+
+    def lock(self, key: str) -> Any:
+        if self._first:
+            self._first = False
+            self.entered.set()
+            self.release.wait(10)
+            try:
+                return super().lock(key)
+            finally:
+                self.returned.set()
+        return super().lock(key)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: _gen._adrive starts the run with `await asyncio.to_thread(job.begin, ...)`; when "
+    "the consumer is cancelled while begin runs in its thread, begin still takes the run lock "
+    "and nothing releases it: the key stays locked (RunLocked) for the life of the process",
+)
+async def test_cancelling_while_the_run_starts_does_not_leave_it_locked() -> None:
+    store = SlowLockStore()
+
+    @resumable(store=store)
+    async def count(n: int) -> AsyncIterator[int]:
+        for i in range(n):
+            yield i
+
+    task = asyncio.create_task(anext(count(3)))
+    await asyncio.to_thread(store.entered.wait, 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    store.release.set()
+    await asyncio.to_thread(store.returned.wait, 10)
+    key = count.key_for(3)
+    deadline = asyncio.get_running_loop().time() + 1.0
+    while store.is_locked(key) and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.005)  # the clean-up may take a turn of the loop
+    assert await collect(count(3)) == [0, 1, 2]
