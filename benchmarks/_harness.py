@@ -30,6 +30,7 @@ class Sizes:
     gather_width: int
     replay_steps: int
     point_small: int
+    point_repeats: int  # a resume costs about a millisecond: many repeats, for the noise
     point_large: int
     record_large: int
     flush_small: int
@@ -55,6 +56,7 @@ def sizes(quick: bool, full: bool = False) -> Sizes:
             gather_width=32,
             replay_steps=2_000,
             point_small=100,
+            point_repeats=3,
             point_large=2_000,
             record_large=2_000,
             flush_small=100,
@@ -77,6 +79,7 @@ def sizes(quick: bool, full: bool = False) -> Sizes:
         gather_width=32,
         replay_steps=100_000,
         point_small=1_000,
+        point_repeats=25,
         point_large=1_000_000,
         record_large=1_000_000,
         flush_small=100,

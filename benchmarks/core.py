@@ -405,7 +405,7 @@ def rows_resume(sz: Sizes) -> list[Row]:
         return run
 
     progress("resume points: resuming")
-    lg, sm = paired(side(large, res_large), side(small, res_small), sz.repeats, sz.warmup)
+    lg, sm = paired(side(large, res_large), side(small, res_small), sz.point_repeats, sz.warmup)
     lg = [x * 1e3 for x in lg]
     sm = [x * 1e3 for x in sm]
     rows = [
