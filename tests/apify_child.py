@@ -15,6 +15,7 @@ zygote before it forks. Modes:
 - ``use_state``: the same job written as Apify's docs suggest, with ``Actor.use_state``:
   push an item, then advance a counter; the SDK saves the state on ``migrating``.
 - ``example``: examples/apify_actor (its input from the storage's ``INPUT.json``).
+- ``counter``: examples/apify_counter.py.
 - ``steps``: a resumable async job of ``@checkpoint`` steps that append to a side-effect
   file (``CHILD_EFFECTS``); it stops (exception) at step ``CHILD_FAIL_AT`` if set.
 
@@ -174,13 +175,17 @@ async def main(mode: str) -> None:
         await MODES[mode]()
 
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "apify_actor"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def run_example() -> None:
-    """examples/apify_actor, as ``python -m src`` runs it in its directory."""
-    sys.path.insert(0, str(EXAMPLE))
-    from src.main import main as example_main  # type: ignore[import-not-found]
+def run_example(mode: str) -> None:
+    """examples/apify_actor (as ``python -m src`` runs it), or examples/apify_counter.py."""
+    if mode == "example":
+        sys.path.insert(0, str(EXAMPLES / "apify_actor"))
+        from src.main import main as example_main  # type: ignore[import-not-found]
+    else:
+        sys.path.insert(0, str(EXAMPLES))
+        from apify_counter import main as example_main  # type: ignore[import-not-found]
 
     say("started", pid=os.getpid())
     try:
@@ -195,8 +200,8 @@ def run(mode: str) -> None:
     setup_logging()
     read_settings()
     setup_actor()
-    if mode == "example":
-        run_example()
+    if mode in ("example", "counter"):
+        run_example(mode)
     else:
         asyncio.run(main(mode))
 

@@ -614,6 +614,21 @@ def test_example_actor_survives_migrations_with_each_listing_once(
     assert titles[:2] == ["Listing 0", "Listing 1"]
 
 
+def test_counter_example_counts_one_up_per_run_in_its_named_store(tmp_path: Path, actors: Actors) -> None:
+    """examples/apify_counter.py, run three times locally, with the SDK's default purge."""
+    storage = tmp_path / "storage"
+    output = record_file(storage, "OUTPUT")
+    for expected in (1, 2, 3):
+        run = actors.start("counter", {"CRAWLEE_STORAGE_DIR": storage, "CHILD_PURGE": 1})
+        run.finish()
+        printed = [line for line in run.out.read_text().splitlines() if line.startswith("Counter:")]
+        assert printed == [f"Counter: {expected}"]
+        assert json.loads(output.read_text()) == {"counter": expected}
+    record = read_record(record_file(storage, "counter", store="example-counter"))
+    assert record["status"] == "running"  # the count never ends
+    assert record["items"]["before"] == 3  # three numbers done, one a run
+
+
 # -- ApifyStore passes the store contract -----------------------------------------------
 
 
