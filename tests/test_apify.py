@@ -53,8 +53,17 @@ MIGRATING = {"name": "migrating", "data": {"timeRemainingSecs": 30}}
 ABORTING = {"name": "aborting"}
 PERSIST = {"name": "persistState", "data": {"isMigrating": False}}
 
-#: Numbers measured by the tests in this module, printed at the end (pytest -s) and in the report.
+#: Numbers measured by the tests in this module, printed at the end (pytest -s).
 MEASURED: dict[str, Any] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _print_measured() -> Iterator[None]:
+    yield
+    if MEASURED:
+        print("\nresumable on Apify, measured:")
+        for name, value in MEASURED.items():
+            print(f"  {name}: {value}")
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.002) -> Any:
@@ -1122,3 +1131,29 @@ async def test_corrupt_record_of_a_long_key_is_moved_aside_locally(sdk: Path) ->
         assert await job() == "fresh"
     kept = [p.name for p in (sdk / "key_value_stores" / "default").iterdir() if "corrupt" in p.name]
     assert kept
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=BlockingJobOnLoop,
+    reason="BUG: an ApifyStore created before the Actor starts (e.g. in @resumable(store=...) at "
+    "import) keeps loop=None, and its blocking methods, called by the job's start in a worker "
+    "thread, raise BlockingJobOnLoop('ApifyStore has no event loop ... or start the job inside "
+    "async with Actor') although the job is started inside it (resumable/apify.py "
+    "ApifyStore._sync ignores _config.LOOP)",
+)
+async def test_a_store_made_before_the_actor_serves_a_job_started_inside_it(sdk: Path) -> None:
+    made: list[ApifyStore] = []
+    # As at import time: no event loop, no Actor (a plain thread starts with an empty context).
+    maker = threading.Thread(target=lambda: made.append(ApifyStore(name="made-early")))
+    maker.start()
+    maker.join()
+    store = made[0]
+
+    @resumable(key="early", store=store)
+    async def job() -> int:
+        return 7
+
+    async with platform_actor(None):
+        assert await job() == 7
+    assert read_record(record_file(sdk, "early", store="made-early"))["status"] == "finished"
