@@ -507,9 +507,9 @@ def run_with_migrations(
     }
 
 
-def random_moments(rng: random.Random) -> list[int]:
-    """One or two moments to migrate at, item counts spread over the run."""
-    return sorted(rng.sample(range(10, ITEMS - 50, 5), rng.choice([1, 2])))
+def random_moments(rng: random.Random, count: int | None = None) -> list[int]:
+    """One or two (or ``count``) moments to migrate at, item counts spread over the run."""
+    return sorted(rng.sample(range(10, ITEMS - 50, 5), count or rng.choice([1, 2])))
 
 
 def test_migration_then_sigkill_resumes_with_every_item_once(
@@ -558,7 +558,7 @@ def test_migration_then_sigkill_resumes_with_every_item_once(
     assert max(latencies) < 5.0, latencies
 
 
-USE_STATE_ROUNDS = 5
+USE_STATE_ROUNDS = 7  # two migrations each: 14 chances for the race
 
 
 def test_use_state_duplicates_items_where_resumable_does_not(
@@ -570,15 +570,18 @@ def test_use_state_duplicates_items_where_resumable_does_not(
     pushed (or being pushed) before the counter that covers it is saved is pushed again
     after the restart. The job does nothing wrong by the docs; the save is simply not
     tied to completed work. Whether a given migration lands in such a window is a matter
-    of timing (the job spends most of its time pushing, some waiting for pages), so the
-    assertion is on the aggregate over the rounds; each round also runs the resumable
-    version at the same moments, which must show no duplicate at all.
+    of timing: the job spends part of its time waiting for pages, and a migration then
+    loses nothing. Here 28 of 42 migrations (3 runs of this test) gave one duplicate
+    each. So the assertion is on the aggregate over the 14 migrations of a run (all 14
+    missing the window: about 1 in 10^7 at that rate). Each round also runs the
+    resumable version at the same moments, which must show no duplicate at all, in
+    every round.
     """
     seed = int.from_bytes(os.urandom(4), "big")
     rng = random.Random(seed)
     rounds: list[dict[str, Any]] = []
     for round_ in range(USE_STATE_ROUNDS):
-        moments = random_moments(rng)
+        moments = random_moments(rng, 2)
         row: dict[str, Any] = {"moments": moments}
         for mode, saved_key, logged in (
             ("use_state", "APIFY_GLOBAL_STATE", None),
