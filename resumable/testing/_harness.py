@@ -315,7 +315,6 @@ class _Process:
         self.locks: set[str] = set()
         self.completed = 0
         self.last = "before the first step"
-        self.loop_thread: int | None = None
         self.observe = observe
         self.timeline = timeline
         self.store: HarnessStore | None = None
@@ -337,7 +336,9 @@ class _Process:
                 return
             self.dead = True
             self.attempt.crash = words
-        self.snapshot(Event("crash", self.attempt.number))
+        if not threading.current_thread().name.startswith("resumable-flusher"):
+            # (observe() is the job's to call, not the flusher thread's)
+            self.snapshot(Event("crash", self.attempt.number))
 
     def raise_if_dead(self) -> None:
         if self.dead:
@@ -704,7 +705,6 @@ async def _aconsume(process: _Process, iterator: Any, consume: Callable[[Any], A
 
 
 async def _drive(process: _Process, value: Any, consume: Callable[[Any], Any] | None) -> Any:
-    process.loop_thread = threading.get_ident()
     if inspect.isasyncgen(value):
         return await _aconsume(process, value, consume)
     return await value
