@@ -18,8 +18,8 @@ Run it a few times, locally or as an Actor's main::
     python examples/apify_counter.py      # Counter: 1
     python examples/apify_counter.py      # Counter: 2
 
-Start over with ``resumable reset`` on the store, or by deleting the store's ``counter``
-record in the Apify console.
+To start over, delete the ``counter`` record of the ``example-counter`` store (in the
+Apify console; locally, in ``storage/key_value_stores/example-counter/``).
 """
 
 from __future__ import annotations
