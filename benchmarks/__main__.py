@@ -87,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     print()
     print(render(rows))
+    print()
+    for row in rows:
+        if row.note and row.status == "ok":
+            print(f"- `{row.name}`: {row.note}")
     for item in todo:
         print(f"TODO: {item}")
     if args.json:
