@@ -29,6 +29,7 @@ def machine() -> dict[str, Any]:
     import resumable
 
     return {
+        "commit": _commit(),
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu,
         "nproc": os.cpu_count(),
@@ -36,6 +37,27 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "resumable": resumable.__version__,
     }
+
+
+def _commit() -> str:
+    """The commit of the code measured, with ``+dirty`` when resumable/ has local changes."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "resumable"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("BENCH_COMMIT", "unknown")
+    return head + ("+dirty" if dirty else "")
 
 
 def _load() -> list[float]:
@@ -81,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     meta["todo"] = todo
     check_finite(rows)
     print(
-        f"resumable {meta['resumable']} benchmarks, {meta['date']}: {meta['cpu']}, {meta['nproc']} CPUs, "
+        f"resumable {meta['resumable']} ({meta['commit']}) benchmarks, {meta['date']}: {meta['cpu']}, "
+        f"{meta['nproc']} CPUs, "
         f"Python {meta['python']}, mode {meta['mode']}, {meta['seconds']} s, "
         f"load average {meta['loadavg_start']} at start, {meta['loadavg_end']} at end"
     )
