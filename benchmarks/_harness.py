@@ -148,6 +148,7 @@ class Row:
             },
             ratio={"label": self.ratio_label, **Stat.of(self.ratios).as_dict()},
             repeats=len(self.values),
+            samples={"value": self.values, "baseline": self.baseline, "ratio": self.ratios},
             goal=self.goal,
             met=self.met,
             extra=self.extra,
