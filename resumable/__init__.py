@@ -9,7 +9,7 @@ key-value store inside an Actor.
 from __future__ import annotations
 
 from resumable._config import configure
-from resumable._job import OutsideRun, flush, reset, restart_with, resumable, state
+from resumable._job import OutsideRun, aflush, flush, reset, restart_with, resumable, state
 from resumable._keys import make_key
 from resumable._run import StepContext, TransientStoreError, current_run, current_step
 from resumable._step import checkpoint
@@ -36,6 +36,7 @@ __all__ = [
     "StepContext",
     "Store",
     "TransientStoreError",
+    "aflush",
     "checkpoint",
     "configure",
     "current_run",

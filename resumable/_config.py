@@ -34,6 +34,11 @@ _defaults = _Defaults()
 _cache: dict[str, Store] = {}
 _cache_lock = threading.Lock()
 
+#: Set by `resumable.testing` (and usable by any test harness): while set, every run
+#: started in this context uses this store / flush interval, whatever the job names.
+STORE_OVERRIDE: ContextVar[Store | None] = ContextVar("resumable_store_override", default=None)
+INTERVAL_OVERRIDE: ContextVar[float | None] = ContextVar("resumable_interval_override", default=None)
+
 #: Hooks that may supply a store for the current context (the Apify integration
 #: registers one that answers inside ``async with Actor:``).
 context_stores: list[Callable[[], Store | None]] = []
@@ -89,6 +94,9 @@ def _context_hooks(hooks: list[Callable[[], T]]) -> list[Callable[[], T]]:
 
 def resolve_store(explicit: Store | str | None) -> Store:
     """Pick the store of a run: explicit, then configure(), the context, the environment."""
+    override = STORE_OVERRIDE.get()
+    if override is not None:
+        return override
     if isinstance(explicit, Store):
         return explicit
     if isinstance(explicit, str):
@@ -111,6 +119,9 @@ def resolve_store(explicit: Store | str | None) -> Store:
 
 def resolve_interval(explicit: float | None) -> float:
     """Pick the flush interval of a run."""
+    override = INTERVAL_OVERRIDE.get()
+    if override is not None:
+        return override
     if explicit is not None:
         return explicit
     if _defaults.flush_interval is not None:

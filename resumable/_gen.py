@@ -15,12 +15,11 @@ import contextvars
 from collections.abc import AsyncGenerator, Callable, Generator
 from typing import Any
 
-from resumable import _config
-from resumable._job import JobDef, _Finished
-from resumable._run import _RUN, Run
+from resumable._job import JobDef, _Finished, begin_async
+from resumable._run import _RUN, RUN_HOOKS, Run, notify_run
 from resumable.sinks import BINDING, Binding, SinkFeed
 
-__all__ = ["is_job_generator", "make_async_gen", "make_gen"]
+__all__ = ["has_started", "is_job_generator", "make_async_gen", "make_gen"]
 
 
 def is_job_generator(obj: Any, kind: str) -> bool:
@@ -28,6 +27,13 @@ def is_job_generator(obj: Any, kind: str) -> bool:
     if kind == "generator":
         return getattr(getattr(obj, "gi_code", None), "co_name", None) == _drive.__code__.co_name
     return getattr(getattr(obj, "ag_code", None), "co_name", None) == _adrive.__code__.co_name
+
+
+def has_started(obj: Any) -> bool:
+    """Tell whether a job's (async) generator has begun running."""
+    frame = getattr(obj, "gi_frame", None) or getattr(obj, "ag_frame", None)
+    # A created generator's frame still stands on its ``def`` line.
+    return frame is None or frame.f_lineno != frame.f_code.co_firstlineno
 
 
 def _start_binding(run: Run, binding: Binding | None) -> SinkFeed | None:
@@ -90,6 +96,8 @@ def _drive(
             run.dirty = True
             if binding is not None:
                 binding.advance(1)
+            if RUN_HOOKS:
+                notify_run("item", run)
     except GeneratorExit as exc:
         try:
             ctx.run(gen.close)
@@ -126,8 +134,7 @@ async def _adrive(
     job: JobDef, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> AsyncGenerator[Any, Any]:
     binding = BINDING.get()
-    _config.LOOP.set(asyncio.get_running_loop())
-    started = await asyncio.to_thread(job.begin, wrapped, args, kwargs, start=False)
+    started = await begin_async(job, wrapped, args, kwargs)
     if isinstance(started, _Finished):
         return
     run, bound = started
@@ -180,6 +187,8 @@ async def _adrive(
             run.dirty = True
             if binding is not None:
                 binding.advance(1)
+            if RUN_HOOKS:
+                notify_run("item", run)
     except GeneratorExit as exc:
         try:
             run_token = _RUN.set(run)

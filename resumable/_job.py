@@ -30,7 +30,7 @@ from resumable._step import _BoundProxy, _Proxy, kind_of, qualified_name
 from resumable.errors import CheckpointCorrupted, ResumableError, RunLocked
 from resumable.stores._base import RunLock, Store
 
-__all__ = ["JobDef", "flush", "reset", "restart_with", "resumable", "state"]
+__all__ = ["JobDef", "aflush", "flush", "reset", "restart_with", "resumable", "state"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -96,6 +96,15 @@ def flush() -> None:
         OutsideRun: outside a running job.
     """
     _require_run("flush()").flush()
+
+
+async def aflush() -> None:
+    """`flush` for coroutines: waits for the write without blocking the event loop.
+
+    Raises:
+        OutsideRun: outside a running job.
+    """
+    await _require_run("aflush()").flush_async()
 
 
 @dataclass
@@ -260,6 +269,8 @@ class JobDef:
                 entries=entries,
             )
             run.params = self.params
+            if head is not None and head.epoch > 0:
+                run.forget_old_chunks(store.keys(f"{key}(r)"))
             restart = run.restart_args()
             if restart:
                 for name, value in restart.items():
@@ -339,10 +350,29 @@ def _make_sync(job: JobDef) -> Callable[..., Any]:
     return wrapper
 
 
+async def begin_async(
+    job: JobDef, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Run, inspect.BoundArguments] | _Finished:
+    """`JobDef.begin` in a worker thread; a cancelled caller never leaves the run locked."""
+    _config.LOOP.set(asyncio.get_running_loop())
+    task = asyncio.ensure_future(asyncio.to_thread(job.begin, wrapped, args, kwargs, start=False))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(_abandon_started)
+        raise
+
+
+def _abandon_started(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        started = task.result()
+        if not isinstance(started, _Finished):
+            started[0].abandon()
+
+
 def _make_async(job: JobDef) -> Callable[..., Any]:
     async def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        _config.LOOP.set(asyncio.get_running_loop())
-        started = await asyncio.to_thread(job.begin, wrapped, args, kwargs, start=False)
+        started = await begin_async(job, wrapped, args, kwargs)
         if isinstance(started, _Finished):
             return started.result
         run, bound = started

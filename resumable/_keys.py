@@ -17,9 +17,11 @@ from typing import Any
 
 __all__ = ["NotPlain", "bind_arguments", "digest_plain", "is_plain", "make_key", "plain_arguments"]
 
-_RUN_KEY_MAX = 200  # leaves room for the suffixes of a run's auxiliary records
-_UNSAFE = re.compile(r"[^a-zA-Z0-9\-_.']+")
-_SAFE = re.compile(r"[a-zA-Z0-9\-_.']{1,200}")
+# Run keys leave room for the suffixes of a run's auxiliary records, also where a store
+# quotes keys into file names (the Apify SDK's local client turns each of !'() into 3).
+_RUN_KEY_MAX = 150
+_UNSAFE = re.compile(r"[^a-zA-Z0-9\-_.]+")
+_SAFE = re.compile(r"[a-zA-Z0-9\-_.]{1,150}")
 
 
 class NotPlain(Exception):
@@ -153,7 +155,7 @@ def digest_plain(values: Mapping[str, str] | Any, size: int = 16) -> str:
 def make_key(text: str) -> str:
     """Make any text a run key every store accepts.
 
-    Text that already fits (up to 200 characters of ``a-zA-Z0-9-_.'``, not starting
+    Text that already fits (up to 150 characters of ``a-zA-Z0-9-_.``, not starting
     with a dot) is kept as it is. Other text keeps a readable prefix of its safe
     characters and gets ``!`` and a digest of the whole text appended. Kept text never
     holds a ``!`` and made keys always do, so two different texts never share a key.

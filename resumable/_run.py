@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import threading
@@ -48,6 +49,7 @@ __all__ = ["Run", "StepContext", "StepDef", "current_run", "current_step"]
 _RUN: ContextVar[Run | None] = ContextVar("resumable_run", default=None)
 _STEP: ContextVar[StepContext | None] = ContextVar("resumable_step", default=None)
 
+_DEBUG = logging.getLogger("resumable")
 _NEW: Any = object()  # replay's answer for "not recorded: run the step"
 _SLOW: Any = object()  # replay_quick's answer for "take the full path"
 _CHUNK_ENTRIES = 256  # a chunk is closed (never rewritten again) at this many entries
@@ -58,6 +60,17 @@ _CHUNK_BYTES = 64 * 1024
 #: ``"after"`` (its completion is recorded in memory, not yet written). Empty in
 #: normal use, where the check costs one truth test per step.
 STEP_HOOKS: list[Callable[[str, StepContext], None]] = []
+
+#: Observers of run events, for `resumable.testing`: ``hook(event, run)`` with event
+#: ``"item"`` (a generator job's item was consumed, not yet written) or ``"push"`` (a
+#: sink took and flushed a batch, not yet counted in a written record).
+RUN_HOOKS: list[Callable[[str, Run], None]] = []
+
+
+def notify_run(event: str, run: Run) -> None:
+    for hook in list(RUN_HOOKS):
+        hook(event, run)
+
 
 #: How the flusher retries a store write that failed (tests may shorten it).
 RETRY_ATTEMPTS = 4
@@ -235,17 +248,25 @@ class Flusher:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         with self._cond:
+            if self._stop:
+                return  # the run ended: its last write is made by Run.close
             self._requested += 1
             self._waiters.append((self._requested, loop, fut))
             self._cond.notify_all()
         await fut
 
     def stop(self) -> None:
+        """Stop the thread; waiters are released (the run's closing write follows)."""
         with self._cond:
             self._stop = True
+            waiters, self._waiters = self._waiters, []
+            self._written = max(self._written, self._requested)
             self._cond.notify_all()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join()
+        for _, loop, fut in waiters:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(_settle, fut, None)
 
     def _loop(self) -> None:
         while True:
@@ -362,6 +383,9 @@ class Run:
         self._rec_intents: dict[str, Entry] = {}
         for number, intent in head.intents.items():
             self._rec_intents[str(intent[1])] = [int(number), *intent]
+        self._hole_idents: dict[str, list[Any]] = {
+            str(hole[4]): hole for hole in self._holes.values() if len(hole) > 4
+        }
         self._ident_index: dict[str, deque[int]] = {}
         for n in sorted(entries):
             ident = entries[n][1]
@@ -372,7 +396,12 @@ class Run:
         self._replay_digest = 0
         self._replay_folded = 0
         self._verified = not head.done and not self._holes
-        self.replaying = self._replay_until > 0 or bool(self._ident_index) or bool(self._rec_intents)
+        self.replaying = (
+            self._replay_until > 0
+            or bool(self._ident_index)
+            or bool(self._rec_intents)
+            or bool(self._hole_idents)
+        )
         self.replayed = 0
         self._flusher: Flusher | None = None
         self.interval = flush_interval
@@ -405,6 +434,17 @@ class Run:
     def done(self) -> int:
         """How many units of the current epoch completed without a gap."""
         return self._prog[0]
+
+    def forget_old_chunks(self, keys: list[str]) -> None:
+        """Queue chunks of earlier epochs (left by a death after a resume point) for deletion."""
+        prefix = f"{self.key}(r)"
+        for key in keys:
+            try:
+                epoch = int(key[len(prefix) :].split(".", 1)[0])
+            except ValueError:
+                continue
+            if key.startswith(prefix) and epoch < self.epoch:
+                self._stale_chunks.append((epoch, key))
 
     def start(self) -> None:
         """Start the flusher and the signal handlers, on the thread that runs the body."""
@@ -506,7 +546,8 @@ class Run:
                 self.store.delete(old)
             except Exception as exc:  # left behind, harmless: reset() removes it
                 logger.warning("could not delete an old chunk", key=old, error=repr(exc))
-        logger.debug("flushed", key=self.key, done=done, epoch=epoch, status=status)
+        if _DEBUG.isEnabledFor(logging.DEBUG):  # rendering an event costs; skip it unseen
+            logger.debug("flushed", key=self.key, done=done, epoch=epoch, status=status)
 
     def flush(self) -> None:
         """Write completed progress now and wait for it."""
@@ -604,7 +645,7 @@ class Run:
 
     def replay_quick(self, sdef: StepDef, n: int) -> Any:
         """The common replay cases without building a call: ``_SLOW`` for the rest."""
-        if self._ident_index or n >= self._rec_done:
+        if self._ident_index or self._hole_idents or n >= self._rec_done:
             return _SLOW
         recorded = self._rec_entries.get(n)
         if recorded is None:
@@ -643,7 +684,7 @@ class Run:
     def replay(self, call: StepContext) -> Any:
         """Return the recorded result of ``call``, or ``_NEW`` when it must run."""
         n = call.number
-        if n >= self._replay_until and not self._ident_index:
+        if n >= self._replay_until and not self._ident_index and not self._hole_idents:
             if not self._rec_intents:
                 self.replaying = False
             return self._start_new(call)
@@ -658,6 +699,10 @@ class Run:
                     self._move(n, entry)
                 self.replayed += 1
                 return self._decode(entry)
+        if self._hole_idents:
+            hole = self._hole_idents.pop(call.identity(), None)
+            if hole is not None:  # a concurrent step that raised: it runs again
+                return self._rerun_hole(call, hole)
         recorded = self._rec_entries.get(n)
         if recorded is not None and recorded[1] is None:
             if recorded[0] != call.name:
@@ -665,19 +710,23 @@ class Run:
             self.replayed += 1
             return self._decode(recorded)
         hole = self._rec_holes.get(n)
-        if hole is not None:
+        if hole is not None and len(hole) < 5:
             if hole[0] != call.name:
                 self._mismatch(n, hole[0], call.name)
-            if (self._replay_digest, self._replay_folded) != (int(hole[1], 16), hole[2]):
-                self._mismatch(n, None, None, "the steps before it differ from the recorded ones")
-            call.attempt = int(hole[3]) + 1
-            return _NEW
-        if n < self._rec_done and recorded is None:
+            return self._rerun_hole(call, hole)
+        if n < self._rec_done and recorded is None and hole is None:
             self._replay_digest = _digest.fold(self._replay_digest, call.sdef.code)
             self._replay_folded += 1
             self.replayed += 1
             return None
         return self._start_new(call)
+
+    def _rerun_hole(self, call: StepContext, hole: list[Any]) -> Any:
+        # A step that raised before the restart: the steps before it must match.
+        if (self._replay_digest, self._replay_folded) != (int(hole[1], 16), hole[2]):
+            self._mismatch(call.number, None, None, "the steps before it differ from the recorded ones")
+        call.attempt = int(hole[3]) + 1
+        return _NEW
 
     def _start_new(self, call: StepContext) -> Any:
         # New work during replay: the replayed steps must match the record first.
@@ -793,6 +842,9 @@ class Run:
             self._new.append((n, entry))
             self._intents.pop(n, None)
             self._holes.pop(n, None)
+            if call.concurrent and self._holes:  # it may have raised at another position before
+                for m in [m for m, hole in self._holes.items() if len(hole) > 4 and hole[4] == entry[1]]:
+                    del self._holes[m]
             self._pending_holes.pop(n, None)
             if n >= self._prog[0]:
                 self._above.add(n)
@@ -807,7 +859,8 @@ class Run:
             if n in self._holes:
                 self._holes[n][3] = call.attempt
             elif n >= self._prog[0]:
-                self._pending_holes[n] = [call.name, call.attempt]
+                ident = call.identity() if call.concurrent else None
+                self._pending_holes[n] = [call.name, call.attempt, ident]
                 self._advance()
             self.dirty = True
 
@@ -817,8 +870,10 @@ class Run:
             if done in self._above:
                 self._above.discard(done)
             elif done in self._pending_holes:
-                name, attempt = self._pending_holes.pop(done)
+                name, attempt, ident = self._pending_holes.pop(done)
                 self._holes[done] = [name, format(digest, "x"), folded, attempt]
+                if ident is not None:
+                    self._holes[done].append(ident)
             else:
                 break
             done += 1
@@ -904,6 +959,7 @@ class Run:
             self.replaying = False
             self._verified = True
             self._ident_index = {}
+            self._hole_idents = {}
             self._chunk_index = 0
             self._chunk = {}
             self._stale_chunks.extend(old)

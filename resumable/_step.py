@@ -178,8 +178,10 @@ def _make_sync(sdef: StepDef) -> Callable[..., Any]:
             if out is not _NEW:
                 return out
             return _run_sync(run, call, wrapped, args, kwargs)
-        if owner and not durable and not run._inflight and not STEP_HOOKS:
+        if owner and not durable and not run._inflight:
             # The fast path: a step alone on the run's thread.
+            if STEP_HOOKS:
+                _notify("before", run.make_call(sdef, n, wrapped, args, kwargs, owner))
             run.sync_sdef = sdef
             run.sync_n = n
             try:
@@ -195,6 +197,8 @@ def _make_sync(sdef: StepDef) -> Callable[..., Any]:
                 run.dirty = True
             else:
                 run.complete_quick(sdef, n, result, wrapped, args, kwargs)
+            if STEP_HOOKS:
+                _notify("after", run.make_call(sdef, n, wrapped, args, kwargs, owner))
             return result
         call = run.make_call(sdef, n, wrapped, args, kwargs, owner)
         return _run_sync(run, call, wrapped, args, kwargs)

@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
+from urllib.parse import quote
 
 from apify import Actor, Event
 
@@ -58,6 +59,9 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 LOCAL_STORE_NAME = "resumable"
+#: The longest key (once URL-quoted) the SDK's local file client can hold: it writes
+#: ``QUOTED.__metadata__.json.XXXXXXXX.json.tmp`` within a file name's 255 bytes.
+LOCAL_KEY_MAX = 219
 
 
 class BlockingJobOnLoop(ResumableError, RuntimeError):
@@ -184,6 +188,8 @@ class ApifyStore(Store):
         return self._kvs
 
     def _sync(self, make: Callable[[], Coroutine[Any, Any, R]]) -> R:
+        if self._loop is None:  # made before the Actor started: take the loop of the job's caller
+            self._loop = _config.LOOP.get()
         loop = self._loop
         if loop is None:
             raise BlockingJobOnLoop(
@@ -211,8 +217,18 @@ class ApifyStore(Store):
             return value.encode()
         return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
-    async def aset(self, key: str, value: bytes) -> None:
+    def _check(self, key: str) -> str:
         check_key(key)
+        if not Actor.is_at_home() and len(quote(key, safe="")) > LOCAL_KEY_MAX:
+            raise ValueError(
+                f"key {key!r} is too long for the Apify SDK's local storage, which quotes keys "
+                f"into file names (at most {LOCAL_KEY_MAX} characters once quoted; each of !'() "
+                "counts 3). resumable's own run keys always fit."
+            )
+        return key
+
+    async def aset(self, key: str, value: bytes) -> None:
+        self._check(key)
         if not isinstance(value, bytes):
             raise TypeError(f"store values are bytes, not {type(value).__name__}")
         kvs = await self._open()
@@ -250,7 +266,7 @@ class ApifyStore(Store):
         return self._sync(lambda: self.akeys(prefix))
 
     def lock(self, key: str) -> RunLock:
-        check_key(key)
+        self._check(key)
         ident = (self._effective_name() or "(default)", key)
         with _held_mutex:
             if ident in _held:
@@ -369,6 +385,9 @@ class DatasetSink(AsyncSink):
     def __init__(self, name: str | None = None) -> None:
         self.name = name
         self._dataset: Any = None
+        #: True when, locally, the default dataset was found empty with purging on: a
+        #: resumed run then cannot find the items it pushed before (see SinkMismatch).
+        self.purged = False
 
     async def _open(self) -> Any:
         if self._dataset is None:
@@ -377,7 +396,10 @@ class DatasetSink(AsyncSink):
 
     async def acount(self) -> int:
         dataset = await self._open()
-        return int((await dataset.get_metadata()).item_count)
+        count = int((await dataset.get_metadata()).item_count)
+        if count == 0 and self.name is None and not Actor.is_at_home() and Actor.configuration.purge_on_start:
+            self.purged = True
+        return count
 
     async def apush(self, items: list[Any]) -> None:
         dataset = await self._open()

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from resumable._log import logger
+from resumable._run import RUN_HOOKS, notify_run
 from resumable.errors import ResumableError
 
 __all__ = [
@@ -183,6 +184,12 @@ class JsonLinesSink(Sink):
             self._file.close()
             self._file = None
 
+    def __enter__(self) -> JsonLinesSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def read(self) -> list[Any]:
         """Read every item back (for checks and tests)."""
         try:
@@ -228,17 +235,22 @@ BINDING: ContextVar[Binding | None] = ContextVar("resumable_binding", default=No
 
 
 def _check_batch(batch_size: int) -> None:
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a whole number >= 1, not {batch_size!r}")
 
 
 def _check_job_gen(gen: Any, kind: str) -> None:
-    from resumable._gen import is_job_generator
+    from resumable._gen import has_started, is_job_generator
 
     if not is_job_generator(gen, kind):
         raise TypeError(
             f"drain needs the {kind} returned by calling a @resumable {kind} job, not {gen!r}: "
             "only a job's progress can be saved together with the sink's count"
+        )
+    if has_started(gen):
+        raise TypeError(
+            f"drain needs a {kind} job that has not started yet: its run attaches to the sink "
+            "when it starts. Pass the job's call straight to it: drain(job(...), sink)"
         )
 
 
@@ -357,10 +369,16 @@ class SinkFeed:
             self.run.item_prog = (done, recorded)
             self.run.dirty = True
         elif held < recorded:
+            why = "It lost items or is another sink; restore it, or reset the run to start over."
+            if getattr(self.sink, "purged", False):
+                why = (
+                    "The Actor's default dataset was purged when the Actor started locally "
+                    "(CRAWLEE_PURGE_ON_START): locally, drain into a named dataset "
+                    "(DatasetSink(name=...)) or set CRAWLEE_PURGE_ON_START=0, then reset the run."
+                )
             raise SinkMismatch(
                 f"run {self.run.key!r}: the sink holds {held} items, but the record says it "
-                f"held {recorded} after the run's last saved push. It lost items or is another "
-                "sink; restore it, or reset the run to start over."
+                f"held {recorded} after the run's last saved push. {why}"
             )
         self.skip = held - recorded
         if self.skip:
@@ -413,33 +431,42 @@ class SinkFeed:
         self.buffer.append(item)
         return len(self.buffer) >= self.binding.batch_size
 
-    def _pushed(self) -> None:
-        n = len(self.buffer)
-        self.run.items_advance(n - self.carried + self.skipped_new, self.carried + self.skipped_carry, [])
+    def _pushed(self, n: int, carried: int) -> None:
+        self.run.items_advance(n - carried + self.skipped_new, carried + self.skipped_carry, [])
         self.binding.pushed += n
         self.binding.advance(n)
-        self.buffer = []
-        self.carried = self.skipped_new = self.skipped_carry = 0
+        self.skipped_new = self.skipped_carry = 0
+        if RUN_HOOKS:
+            notify_run("push", self.run)
 
     def pending(self) -> bool:
         return bool(self.buffer or self.skipped_new or self.skipped_carry)
 
+    def _take_batch(self) -> tuple[list[Any], int]:
+        # Out of the buffer before the push: a batch is never pushed twice, even when
+        # the push or the flush fails (reconciliation then counts what the sink holds).
+        batch, carried = self.buffer, self.carried
+        self.buffer, self.carried = [], 0
+        return batch, carried
+
     def push(self) -> None:
-        # Once the sink took the batch it is counted, even if its flush then fails:
-        # the batch must never be pushed a second time.
+        """Push what is held, flush the sink, and only then count it in the record."""
         if self.buffer:
             assert self.sink is not None
-            self.sink.push(self.buffer)
-            self._pushed()
+            batch, carried = self._take_batch()
+            self.sink.push(batch)
             self.sink.flush()
+            self._pushed(len(batch), carried)
         elif self.pending():
-            self._pushed()
+            self._pushed(0, 0)
 
     async def apush(self) -> None:
+        """`push` through the sink's asynchronous methods."""
         if self.buffer:
             assert self.sink is not None
-            await self.sink.apush(self.buffer)
-            self._pushed()
+            batch, carried = self._take_batch()
+            await self.sink.apush(batch)
             await self.sink.aflush()
+            self._pushed(len(batch), carried)
         elif self.pending():
-            self._pushed()
+            self._pushed(0, 0)

@@ -291,12 +291,6 @@ def test_async_sink_receives_every_item_exactly_once(case: SinkCase) -> None:
     assert sink.durable == expected(spec)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: SinkFeed.push (resumable/sinks.py) advances the recorded sink count before "
-    "sink.flush(); a record the flusher writes in between counts items the sink may lose, "
-    "and the resumed run stops with SinkMismatch",
-)
 # The flusher writes while the second batch is pushed but not flushed; the process dies
 # with none of that batch durable.
 @example(case=(((4,), (False,), 0, True), Schedule((), flush_every=1), 2, (SinkCrash(1, 1, 0, True),)))

@@ -798,12 +798,6 @@ class DyingAfterHeadStore(FreezableStore):
             self.epoch = -1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Run.write deletes an old epoch's chunks after writing the next epoch's head; a "
-    "death in between leaves them, and a resumed run only knows its own epoch's chunks "
-    "(Run._stale_chunks starts empty), so KEY(r)<old epoch>.N stay in the store for good",
-)
 def test_no_chunks_of_old_epochs_are_left_after_a_crash_between_head_and_clean_up() -> None:
     store = DyingAfterHeadStore(epoch=3)
 

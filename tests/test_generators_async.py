@@ -396,12 +396,6 @@ class SlowLockStore(MemoryStore):
         return super().lock(key)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _gen._adrive starts the run with `await asyncio.to_thread(job.begin, ...)`; when "
-    "the consumer is cancelled while begin runs in its thread, begin still takes the run lock "
-    "and nothing releases it: the key stays locked (RunLocked) for the life of the process",
-)
 async def test_cancelling_while_the_run_starts_does_not_leave_it_locked() -> None:
     store = SlowLockStore()
 

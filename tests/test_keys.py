@@ -361,7 +361,7 @@ def test_a_step_inside_a_job_does_not_change_its_key() -> None:
 # -- make_key ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text", ["run", "sync-acme", "a.b_c-d'e", "x" * 200, "2024-01-01"])
+@pytest.mark.parametrize("text", ["run", "sync-acme", "a.b_c-d.e", "x" * 150, "2024-01-01"])
 def test_make_key_keeps_safe_text(text: str) -> None:
     assert make_key(text) == text
 
@@ -376,7 +376,7 @@ def test_make_key_keeps_safe_text(text: str) -> None:
         ("", "run"),
         ("tests.mod.f.<locals>.job-1a2b", "tests.mod.f._locals_.job-1a2b"),
         ("a(b)", "a_b"),
-        ("it's!", "it's"),
+        ("it's!", "it_s"),
     ],
 )
 def test_make_key_keeps_a_readable_prefix(text: str, prefix: str) -> None:

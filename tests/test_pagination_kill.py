@@ -57,14 +57,14 @@ def _kill_and_finish(
             try:
                 if rng.random() < 0.4:
                     # By time: anywhere from start-up to well into the run.
-                    delay = rng.uniform(0.02, 0.9)
+                    delay = rng.uniform(0.02, 0.25)  # short enough that the run rarely ends first
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         proc.wait(timeout=delay)
                     how = f"after {delay:.2f}s"
                 else:
                     # By progress: once the output grew by a random number of items.
                     before = pagination.count_lines(out)
-                    mark = before + rng.randint(1, items // 6)
+                    mark = before + rng.randint(1, max(1, (items - before) // 4))  # always short of the end
                     deadline = time.monotonic() + 20
                     while (
                         pagination.count_lines(out) < mark

@@ -463,13 +463,6 @@ async def one_fails() -> list[str]:
     return list(pages)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a concurrent step that raised is recorded as a hole by position (Run.fail / "
-    "_holes); when the call order changes on resume it is called at another position, where "
-    "Run.replay finds no hole and no identity match and runs _verify before the watermark: "
-    "ReplayMismatch instead of running the failed step again",
-)
 def test_a_failed_concurrent_step_runs_again_after_a_reorder():
     calls = {"n": 0}
 

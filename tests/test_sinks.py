@@ -444,13 +444,6 @@ async def test_a_failing_async_sink_flush_does_not_push_the_batch_twice(store: F
     assert sink.items == list(range(10))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: drain() on a job generator already started with next() finds no binding "
-    "(_gen._drive reads BINDING once, at its first next()), so the job yields to drain's loop "
-    "and drain raises a bare AssertionError instead of saying what is wrong",
-)
 def test_drain_of_a_started_job_generator_is_refused_clearly(store: FreezableStore) -> None:
     @resumable(store=store)
     def numbers(n: int) -> Iterator[int]:
@@ -497,13 +490,6 @@ class CommitSink(Sink):
         self.pending.clear()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (regression of the double-push fix): SinkFeed.push (resumable/sinks.py) calls "
-    "_pushed(), which advances the recorded sink count, before sink.flush(); a record written "
-    "between the two (the flusher thread) counts a batch the sink never made durable, and after "
-    "a death the resumed run stops with SinkMismatch",
-)
 def test_the_record_never_counts_a_batch_before_the_sink_flushed_it(store: FreezableStore) -> None:
     @resumable(store=store, flush_interval=3600)
     def numbers(n: int) -> Iterator[int]:
