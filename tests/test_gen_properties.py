@@ -28,7 +28,6 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
 from hypothesis import event, example, given, note, settings
 from hypothesis import strategies as st
 

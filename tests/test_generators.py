@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import threading
 from collections import Counter
 from collections.abc import Generator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -764,24 +762,6 @@ def test_resume_point_right_after_a_background_snapshot_replays_the_right_result
     except CheckpointCorrupted:
         rest = ["corrupt"]
     assert rest == [20, 21, 22, 30, 31, 32]
-
-
-# -- the documentation's examples ------------------------------------------------------
-
-DOC = Path(__file__).resolve().parent.parent / "docs" / "generators.md"
-DOC_BLOCKS = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
-
-
-def test_the_generator_docs_have_examples() -> None:
-    assert len(DOC_BLOCKS) >= 4
-
-
-@pytest.mark.parametrize("code", DOC_BLOCKS, ids=[f"block{i}" for i in range(len(DOC_BLOCKS))])
-def test_generator_doc_example_runs(code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("RESUMABLE_DIR", str(tmp_path / ".resumable"))
-    namespace: dict[str, object] = {"__name__": f"generators_doc_{abs(hash(code))}"}
-    exec(compile(code, str(DOC), "exec"), namespace)
 
 
 class DyingAfterHeadStore(FreezableStore):
