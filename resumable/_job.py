@@ -13,7 +13,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 import tenacity
 
 from resumable import _config
-from resumable._keys import bind_arguments, digest_plain, format_key, make_key, plain_arguments, signature_of
+from resumable._keys import bind_arguments, digest_texts, format_key, make_key, plain_arguments, signature_of
 from resumable._log import logger
 from resumable._record import (
     Entry,
@@ -230,7 +230,7 @@ class JobDef:
         if self.key is not None:
             return format_key(self.key, bound)
         plain = plain_arguments(bound, self.ignore)
-        return make_key(f"{self.name}-{digest_plain(plain)}")
+        return make_key(f"{self.name}-{digest_texts(plain)}")
 
     def begin(
         self,

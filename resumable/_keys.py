@@ -15,7 +15,15 @@ from collections.abc import Callable, Mapping
 from pathlib import PurePath
 from typing import Any
 
-__all__ = ["NotPlain", "bind_arguments", "digest_plain", "is_plain", "make_key", "plain_arguments"]
+__all__ = [
+    "NotPlain",
+    "bind_arguments",
+    "digest_plain",
+    "digest_texts",
+    "is_plain",
+    "make_key",
+    "plain_arguments",
+]
 
 # Run keys leave room for the suffixes of a run's auxiliary records, also where a store
 # quotes keys into file names (the Apify SDK's local client turns each of !'() into 3).
@@ -147,9 +155,23 @@ def plain_arguments(bound: inspect.BoundArguments, ignore: tuple[str, ...] = ())
 
 
 def digest_plain(values: Mapping[str, str] | Any, size: int = 16) -> str:
-    """A stable hex digest (sha256) of canonical argument texts or a plain value."""
+    """A stable hex digest (sha256) of a text, or of a plain value's canonical text."""
     text = values if isinstance(values, str) else _canonical(values)
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:size]
+
+
+def digest_texts(texts: Mapping[str, str], size: int = 16) -> str:
+    """A stable hex digest of argument texts by name (as `plain_arguments` gives them).
+
+    The texts are hashed as they are, each after its name and length, so a large
+    argument is encoded once, not again as part of a bigger text.
+    """
+    h = hashlib.sha256()
+    for name in sorted(texts):
+        data = texts[name].encode("utf-8", "surrogatepass")
+        h.update(f"{name}:{len(data)}:".encode())
+        h.update(data)
+    return h.hexdigest()[:size]
 
 
 def make_key(text: str) -> str:

@@ -30,7 +30,7 @@ from typing import Any
 import tenacity
 
 from resumable import _digest
-from resumable._keys import digest_plain, plain_arguments
+from resumable._keys import digest_plain, digest_texts, plain_arguments
 from resumable._log import logger
 from resumable._record import (
     Entry,
@@ -129,7 +129,7 @@ class StepDef:
             except TypeError:
                 text = repr(len(args)) + ",".join(sorted(kwargs))
             else:
-                text = digest_plain(plain_arguments(bound))
+                text = digest_texts(plain_arguments(bound))
         elif callable(self.key):
             text = str(self.key(*args, **kwargs))
         else:
@@ -651,7 +651,7 @@ class Run:
         if recorded is None:
             if self._rec_holes and n in self._rec_holes:
                 return _SLOW
-            self._replay_digest = (self._replay_digest * 1_000_003 + sdef.code) % _PRIME
+            self._replay_digest = (self._replay_digest * _MULT + sdef.code) & _MASK
             self._replay_folded += 1
             self.replayed += 1
             return None
@@ -673,7 +673,7 @@ class Run:
         done, digest, folded = self._prog
         if n == done and not self._above and not (self._holes and n in self._holes):
             if result is None:
-                self._prog = (n + 1, (digest * 1_000_003 + sdef.code) % _PRIME, folded + 1)
+                self._prog = (n + 1, (digest * _MULT + sdef.code) & _MASK, folded + 1)
             else:
                 self._new.append((n, [sdef.name, None, encode_value(result, f"step {sdef.name!r} (#{n})")]))
                 self._prog = (n + 1, digest, folded)
@@ -821,19 +821,17 @@ class Run:
         """Record that ``call`` returned ``result`` (encoded now: unencodable fails here)."""
         n = call.number
         done, digest, folded = self._prog
-        if (
-            n == done
-            and not call.concurrent
-            and not call.sdef.durable
-            and not self._above
-            and n not in self._holes
-        ):
-            if result is None:
-                self._prog = (n + 1, (digest * 1_000_003 + call.sdef.code) % _PRIME, folded + 1)
-            else:
-                self._new.append((n, [call.name, None, encode_value(result, f"step {call.name!r} (#{n})")]))
-                self._prog = (n + 1, digest, folded)
-            self.dirty = True
+        if n == done and not call.concurrent and not self._above and n not in self._holes:
+            encoded = None if result is None else encode_value(result, f"step {call.name!r} (#{n})")
+            with self._lock if call.sdef.durable else contextlib.nullcontext():
+                if call.sdef.durable:
+                    self._intents.pop(n, None)
+                if result is None:  # only the name digest records it: the head alone is written
+                    self._prog = (n + 1, (digest * _MULT + call.sdef.code) & _MASK, folded + 1)
+                else:
+                    self._new.append((n, [call.name, None, encoded]))
+                    self._prog = (n + 1, digest, folded)
+                self.dirty = True
             return
         entry: Entry = [call.name, call.identity() if call.concurrent else None]
         if result is not None:
@@ -973,7 +971,8 @@ class Run:
             self.dirty = True
 
 
-_PRIME = (1 << 61) - 1
+_MULT = _digest.MULT
+_MASK = _digest.MASK
 
 
 def _transient() -> type[BaseException]:

@@ -11,7 +11,19 @@ from typing import Any, ParamSpec, TypeVar, overload
 import wrapt
 
 from resumable._log import logger
-from resumable._run import _NEW, _PRIME, _RUN, _SLOW, _STEP, STEP_HOOKS, Run, StepContext, StepDef, _signals
+from resumable._run import (
+    _MASK,
+    _MULT,
+    _NEW,
+    _RUN,
+    _SLOW,
+    _STEP,
+    STEP_HOOKS,
+    Run,
+    StepContext,
+    StepDef,
+    _signals,
+)
 
 __all__ = ["checkpoint"]
 
@@ -193,7 +205,7 @@ def _make_sync(sdef: StepDef) -> Callable[..., Any]:
             run.sync_n = -1
             done, digest, folded = run._prog
             if result is None and n == done and not run._above and not run._holes:
-                run._prog = (n + 1, (digest * 1_000_003 + code) % _PRIME, folded + 1)
+                run._prog = (n + 1, (digest * _MULT + code) & _MASK, folded + 1)
                 run.dirty = True
             else:
                 run.complete_quick(sdef, n, result, wrapped, args, kwargs)
