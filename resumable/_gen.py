@@ -139,11 +139,6 @@ async def _adrive(
         return
     run, bound = started
     try:
-        run.start()
-    except BaseException:
-        run.abandon()
-        raise
-    try:
         feed = _start_binding(run, binding)
         if feed is not None:
             await feed.astart()

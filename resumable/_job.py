@@ -353,14 +353,24 @@ def _make_sync(job: JobDef) -> Callable[..., Any]:
 async def begin_async(
     job: JobDef, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[Run, inspect.BoundArguments] | _Finished:
-    """`JobDef.begin` in a worker thread; a cancelled caller never leaves the run locked."""
+    """`JobDef.begin` in a worker thread, then start the run here.
+
+    A caller cancelled while the thread works never leaves the run locked.
+    """
     _config.LOOP.set(asyncio.get_running_loop())
     task = asyncio.ensure_future(asyncio.to_thread(job.begin, wrapped, args, kwargs, start=False))
     try:
-        return await asyncio.shield(task)
+        started = await asyncio.shield(task)
     except asyncio.CancelledError:
         task.add_done_callback(_abandon_started)
         raise
+    if not isinstance(started, _Finished):
+        try:
+            started[0].start()  # on the event loop's thread: the run's owner
+        except BaseException:
+            started[0].abandon()
+            raise
+    return started
 
 
 def _abandon_started(task: asyncio.Future[Any]) -> None:
@@ -376,11 +386,6 @@ def _make_async(job: JobDef) -> Callable[..., Any]:
         if isinstance(started, _Finished):
             return started.result
         run, bound = started
-        try:
-            run.start()
-        except BaseException:
-            run.abandon()
-            raise
         token = _RUN.set(run)
         try:
             result = await wrapped(*bound.args, **bound.kwargs)

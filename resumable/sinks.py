@@ -281,7 +281,7 @@ def drain(
     token = BINDING.set(binding)
     try:
         for _ in gen:
-            raise AssertionError("a job draining into a sink yields nothing to its consumer")
+            raise RuntimeError("a job draining into a sink yielded an item to its consumer")
     finally:
         BINDING.reset(token)
         binding.close()
@@ -304,7 +304,7 @@ async def adrain(
     token = BINDING.set(binding)
     try:
         async for _ in agen:
-            raise AssertionError("a job draining into a sink yields nothing to its consumer")
+            raise RuntimeError("a job draining into a sink yielded an item to its consumer")
     finally:
         BINDING.reset(token)
         binding.close()
