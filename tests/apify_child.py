@@ -29,6 +29,8 @@ Environment:
   its storages.
 - ``CHILD_ITEMS``, ``CHILD_PAGE``, ``CHILD_LATENCY``: the source (items, page size,
   seconds per page).
+- ``CHILD_DATASET``: the ``resumable`` mode pushes to this named dataset (default: the
+  run's default dataset).
 - ``CHILD_FLUSH_INTERVAL``: ``resumable.apify.configure(flush_interval=...)`` (default:
   the Apify default, 5 s).
 - ``CHILD_EFFECTS``, ``CHILD_FAIL_AT``: the ``steps`` mode's side-effect file and the
@@ -125,7 +127,8 @@ async def listing(cursor: int = 0) -> Any:
 
 
 async def main_resumable() -> None:
-    pushed = await adrain(listing(), DatasetSink(), batch_size=5)
+    sink = DatasetSink(name=os.environ.get("CHILD_DATASET") or None)
+    pushed = await adrain(listing(), sink, batch_size=5)
     say("finished", pushed=pushed)
 
 
