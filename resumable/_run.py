@@ -406,6 +406,9 @@ class Run:
         self._flusher: Flusher | None = None
         self.interval = flush_interval
         self.finished = False
+        # True while a sync step on the run's thread may take the fast path: not
+        # replaying, not finished, no async step in flight.
+        self.fast = not self.replaying
         self.params: set[str] = set()
         # The sync step running alone on the run's thread, if any (the fast path keeps
         # it here instead of in a context variable).
@@ -609,6 +612,7 @@ class Run:
         finally:
             self._lock_handle.release()
         self.finished = finished
+        self.fast = False
 
     # -- steps ------------------------------------------------------------------------
 
@@ -687,6 +691,7 @@ class Run:
         if n >= self._replay_until and not self._ident_index and not self._hole_idents:
             if not self._rec_intents:
                 self.replaying = False
+                self._refresh_fast()
             return self._start_new(call)
         if self._ident_index:
             queue = self._ident_index.get(call.identity())
@@ -807,9 +812,14 @@ class Run:
             for other in inflight:
                 other.concurrent = True
         inflight.add(call)
+        self.fast = False
 
     def end(self, call: StepContext) -> None:
         self._inflight.discard(call)
+        self._refresh_fast()
+
+    def _refresh_fast(self) -> None:
+        self.fast = not self.replaying and not self.finished and not self._inflight
 
     def intend(self, call: StepContext) -> None:
         """Note a durable step's intent; the caller then waits for it to be written."""
@@ -955,6 +965,7 @@ class Run:
             self._flushed_new = 0
             self._next = 0
             self.replaying = False
+            self._refresh_fast()
             self._verified = True
             self._ident_index = {}
             self._hole_idents = {}

@@ -174,24 +174,12 @@ def _make_sync(sdef: StepDef) -> Callable[..., Any]:
                 _outside(sdef)
             return wrapped(*args, **kwargs)
         owner = get_ident() == run._owner
-        if (owner and run.sync_n >= 0) or run.finished or _STEP.get() is not None:
-            return wrapped(*args, **kwargs)  # nested in another step, or after the run
-        if owner:
+        if (owner and run.sync_n >= 0) or _STEP.get() is not None:
+            return wrapped(*args, **kwargs)  # nested in another step
+        if owner and run.fast and not durable:
+            # The fast path: a plain step alone on the run's thread, not replaying.
             n = run._next
             run._next = n + 1
-        else:
-            n = run.number(owner)
-        if run.replaying:
-            out = run.replay_quick(sdef, n)
-            if out is not _SLOW:
-                return out
-            call = run.make_call(sdef, n, wrapped, args, kwargs, owner)
-            out = run.replay(call)
-            if out is not _NEW:
-                return out
-            return _run_sync(run, call, wrapped, args, kwargs)
-        if owner and not durable and not run._inflight:
-            # The fast path: a step alone on the run's thread.
             if STEP_HOOKS:
                 _notify("before", run.make_call(sdef, n, wrapped, args, kwargs, owner))
             run.sync_sdef = sdef
@@ -212,6 +200,18 @@ def _make_sync(sdef: StepDef) -> Callable[..., Any]:
             if STEP_HOOKS:
                 _notify("after", run.make_call(sdef, n, wrapped, args, kwargs, owner))
             return result
+        if run.finished:
+            return wrapped(*args, **kwargs)  # after the run
+        n = run.number(owner)
+        if run.replaying:
+            out = run.replay_quick(sdef, n)
+            if out is not _SLOW:
+                return out
+            call = run.make_call(sdef, n, wrapped, args, kwargs, owner)
+            out = run.replay(call)
+            if out is not _NEW:
+                return out
+            return _run_sync(run, call, wrapped, args, kwargs)
         call = run.make_call(sdef, n, wrapped, args, kwargs, owner)
         return _run_sync(run, call, wrapped, args, kwargs)
 
