@@ -703,14 +703,7 @@ def _xfail(test: Callable[..., Any], reason: str) -> Callable[..., Any]:
     return pytest.mark.xfail(strict=True, reason=reason)(known_bug)
 
 
-CONTRACT_BUGS = {
-    "test_longest_legal_key_round_trips": (
-        "BUG: check_key (the contract) allows keys of up to MAX_KEY_LENGTH=250 characters, but "
-        "the SDK's local file client URL-quotes a key into a file name and writes "
-        "QUOTED.__metadata__.json.XXXXXXXX.json.tmp, so locally ApifyStore refuses keys longer "
-        "than 219 characters once quoted (ValueError; each of !'() counts 3)"
-    ),
-}
+CONTRACT_BUGS: dict[str, str] = {}  # contract tests ApifyStore is known to fail: none
 
 # The contract: every test of tests/test_stores.py that takes the ``store`` fixture, run
 # here against ApifyStore (the fixture above), under the same names.

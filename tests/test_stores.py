@@ -44,7 +44,7 @@ BAD_KEYS = [
     "a\\b",
 ]
 
-#: Keys every store must accept (Apify's alphabet, 1 to 256 characters).
+#: Keys every store must accept (Apify's alphabet, 1 to MAX_KEY_LENGTH characters).
 GOOD_KEYS = ["a", "A-z_0.9", "run(r)0.12", "it's!", "x" * 200]
 
 

@@ -11,21 +11,22 @@ from typing import Any, Protocol, runtime_checkable
 __all__ = ["KEY_PATTERN", "MAX_KEY_LENGTH", "RunLock", "Store", "check_key"]
 
 #: Characters allowed in keys: the intersection of Apify's key rules and safe file names.
-#: At most 250 characters: within Apify's 256 and a file name's 255 bytes.
-KEY_PATTERN = re.compile(r"[a-zA-Z0-9!\-_.'()]{1,250}")
-MAX_KEY_LENGTH = 250
+#: At most 200 characters: within Apify's 256, a file name's 255 bytes, and the 219
+#: the Apify SDK's local client can hold once it URL-quotes a key into a file name.
+KEY_PATTERN = re.compile(r"[a-zA-Z0-9!\-_.'()]{1,200}")
+MAX_KEY_LENGTH = 200
 
 
 def check_key(key: str) -> str:
     """Return ``key`` if every store can hold it, else raise ``ValueError``.
 
-    Keys are 1 to 250 characters of ``a-zA-Z0-9!-_.'()`` (Apify's rule, with room
-    for a file name's 255 bytes), and are not
+    Keys are 1 to 200 characters of ``a-zA-Z0-9!-_.'()`` (Apify's rule, with room
+    for file names), and are not
     ``.`` or ``..`` nor start with a dot (not a legal or visible file name).
     """
     if not isinstance(key, str) or KEY_PATTERN.fullmatch(key) is None or key.startswith("."):
         raise ValueError(
-            f"{key!r} is not a legal store key: use 1 to 250 characters of "
+            f"{key!r} is not a legal store key: use 1 to 200 characters of "
             "a-zA-Z0-9!-_.'() not starting with '.'; resumable.make_key() builds one "
             "from any text"
         )
