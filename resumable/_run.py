@@ -421,9 +421,6 @@ class Run:
 
     # -- the store ------------------------------------------------------------------
 
-    def describe_store(self) -> str:
-        return self.store.describe()
-
     @property
     def items_done(self) -> int:
         """Items of a generator job consumed so far, over all resume points."""
@@ -640,12 +637,6 @@ class Run:
         if not owner:
             call.concurrent = True
         return call
-
-    def new_call(
-        self, sdef: StepDef, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> StepContext:
-        owner = threading.get_ident() == self._owner
-        return self.make_call(sdef, self.number(owner), func, args, kwargs, owner)
 
     def replay_quick(self, sdef: StepDef, n: int) -> Any:
         """The common replay cases without building a call: ``_SLOW`` for the rest."""
