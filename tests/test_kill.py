@@ -141,5 +141,7 @@ def test_sigkill_at_random_moments_then_finish(tmp_path, durable):
         assert not again, f"steps {again} ran after a kill that left their completion written ({why})"
     assert kills, f"no kill landed before the job finished ({why})"
     if durable:
-        assert max(counts.values()) <= 2, why
+        # A durable step runs again only when a kill caught it between its intent and its
+        # completion: at most once per kill in all (two kills may catch the same step).
         assert sum(n - 1 for n in counts.values()) <= len(kills), why
+        assert max(counts.values()) <= 1 + len(kills), why
