@@ -14,7 +14,7 @@ from typing import Any
 
 from benchmarks._harness import Row, check_finite, dump, progress, render, sizes
 
-GROUPS = ("core", "generators", "dbos")
+GROUPS = ("core", "generators", "dbos", "apify")
 
 
 def machine() -> dict[str, Any]:
@@ -98,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import dbos_cmp
 
             rows += dbos_cmp.all_rows(sz, Path(tmp))
+        if "apify" in groups:
+            from benchmarks import apify_rows
+
+            rows += apify_rows.all_rows(sz, Path(tmp))
     meta["seconds"] = round(time.perf_counter() - started, 1)
     meta["loadavg_end"] = _load()
     meta["todo"] = todo

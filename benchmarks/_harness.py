@@ -43,6 +43,9 @@ class Sizes:
     dbos_repeats: int
     gen_items: int
     drain_items: int
+    apify_migrations: int  # migrations for each of use_state and resumable
+    apify_window: float  # seconds each writes-per-minute job runs
+    apify_interval: float | None  # None: the Apify default flush interval (5 s)
 
 
 def sizes(quick: bool, full: bool = False) -> Sizes:
@@ -69,6 +72,9 @@ def sizes(quick: bool, full: bool = False) -> Sizes:
             dbos_repeats=1,
             gen_items=2_000,
             drain_items=500,
+            apify_migrations=1,
+            apify_window=1.5,
+            apify_interval=0.25,
         )
     return Sizes(
         quick=False,
@@ -92,6 +98,9 @@ def sizes(quick: bool, full: bool = False) -> Sizes:
         dbos_repeats=3,
         gen_items=200_000,
         drain_items=20_000,
+        apify_migrations=8,
+        apify_window=25.0,
+        apify_interval=None,
     )
 
 
@@ -128,6 +137,9 @@ class Row:
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     status: str = "ok"
+    #: Counts (duplicates): values may be 0, and the ratio of totals may be undefined
+    #: (``ratios`` empty) when the baseline counted nothing.
+    counts: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -146,7 +158,7 @@ class Row:
                 "unit": self.baseline_unit,
                 **Stat.of(self.baseline).as_dict(),
             },
-            ratio={"label": self.ratio_label, **Stat.of(self.ratios).as_dict()},
+            ratio={"label": self.ratio_label, **Stat.of(self.ratios).as_dict()} if self.ratios else None,
             repeats=len(self.values),
             samples={"value": self.values, "baseline": self.baseline, "ratio": self.ratios},
             goal=self.goal,
@@ -218,15 +230,27 @@ def render(rows: list[Row]) -> str:
         if row.status != "ok":
             lines.append(f"| {row.title} | {row.status}: {row.note} | | | | |")
             continue
-        v, b, r = Stat.of(row.values), Stat.of(row.baseline), Stat.of(row.ratios)
+        v, b = Stat.of(row.values), Stat.of(row.baseline)
         u = row.unit
         met = "" if row.met is None else ("yes" if row.met else "**no**")
-        lines.append(
-            f"| {row.title} | {fmt(v.median, u)} {u} ({fmt(v.min, u)}-{fmt(v.max, u)}) "
-            f"| {row.baseline_name}: {fmt(b.median, row.baseline_unit)} {row.baseline_unit} "
-            f"({fmt(b.min, row.baseline_unit)}-{fmt(b.max, row.baseline_unit)}) "
-            f"| {row.ratio_label} {r.median:.3g} ({r.min:.3g}-{r.max:.3g}) | {row.goal} | {met} |"
-        )
+        if row.ratios:
+            r = Stat.of(row.ratios)
+            ratio = f"{row.ratio_label} {r.median:.3g} ({r.min:.3g}-{r.max:.3g})"
+        else:
+            ratio = f"{row.ratio_label}: - (the baseline counted 0)"
+        if row.counts:  # counts: the total over the repeats, then the range per repeat
+            value = f"{sum(row.values):g} in {len(row.values)} ({min(row.values):g}-{max(row.values):g} each)"
+            base = (
+                f"{row.baseline_name}: {sum(row.baseline):g} in {len(row.baseline)} "
+                f"({min(row.baseline):g}-{max(row.baseline):g} each)"
+            )
+        else:
+            value = f"{fmt(v.median, u)} {u} ({fmt(v.min, u)}-{fmt(v.max, u)})"
+            base = (
+                f"{row.baseline_name}: {fmt(b.median, row.baseline_unit)} {row.baseline_unit} "
+                f"({fmt(b.min, row.baseline_unit)}-{fmt(b.max, row.baseline_unit)})"
+            )
+        lines.append(f"| {row.title} | {value} | {base} | {ratio} | {row.goal} | {met} |")
     return head + "\n".join(lines)
 
 
@@ -235,8 +259,10 @@ def check_finite(rows: list[Row]) -> None:
         if row.status != "ok":
             continue
         for v in (*row.values, *row.baseline, *row.ratios):
-            if not (math.isfinite(v) and v > 0):
-                raise ValueError(f"row {row.name} has a value that is not finite and positive: {v}")
+            if not (math.isfinite(v) and (v >= 0 if row.counts else v > 0)):
+                raise ValueError(
+                    f"row {row.name} has a value that is not finite and positive (or >= 0 for counts): {v}"
+                )
 
 
 def dump(rows: list[Row], path: str, meta: dict[str, Any]) -> None:

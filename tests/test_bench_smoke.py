@@ -3,6 +3,8 @@
 It runs the real entry point with tiny sizes in a subprocess (a few seconds) and checks
 that every row is there with finite positive numbers. The DBOS rows may say
 "unavailable" only when DBOS is not installed; with DBOS installed they must be real.
+Likewise the Apify rows with the ``apify`` SDK (in the dev extra): one migration each
+with ``Actor.use_state`` and with resumable, and a fast and a slow job's store writes.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ DBOS_ROWS = [
     "dbos_replay_per_step",
     "dbos_bytes_per_step",
 ]
+APIFY_ROWS = ["apify_duplicates", "apify_migrating_write", "apify_writes_fast", "apify_writes_slow"]
 
 
 def _positive(x: object) -> bool:
@@ -68,13 +71,20 @@ def test_quick_benchmark_writes_every_row(tmp_path: Path) -> None:
     assert meta["todo"] == [], meta["todo"]
 
     dbos_installed = importlib.util.find_spec("dbos") is not None
-    for name in CORE_ROWS + DBOS_ROWS:
+    apify_installed = importlib.util.find_spec("apify") is not None
+    for name in CORE_ROWS + DBOS_ROWS + APIFY_ROWS:
         assert name in rows, f"row {name} is missing from {sorted(rows)}"
         row = rows[name]
         if name in DBOS_ROWS and not dbos_installed:
             assert row["status"] == "unavailable"
             assert "dbos" in row["note"]
             continue
+        if name in APIFY_ROWS and not apify_installed:
+            assert row["status"] == "unavailable"
+            assert "apify" in row["note"]
+            continue
+        if name == "apify_duplicates":
+            continue  # counts, checked below
         assert row["status"] == "ok", row
         assert row["repeats"] >= 1
         for part in ("value", "baseline", "ratio"):
@@ -84,6 +94,26 @@ def test_quick_benchmark_writes_every_row(tmp_path: Path) -> None:
         if row["goal"]:
             assert isinstance(row["met"], bool), row
 
+    if apify_installed:
+        # Duplicates are counts: the migration ran, every item was kept (the benchmark
+        # fails otherwise), resumable pushed none twice; use_state 0 or 1 per migration.
+        dup = rows["apify_duplicates"]
+        assert dup["status"] == "ok", dup
+        assert dup["repeats"] == 1
+        assert dup["samples"]["value"] == [0.0]
+        assert dup["samples"]["baseline"][0] in (0.0, 1.0)
+        assert dup["met"] is True
+        assert len(dup["extra"]["runs"]["use_state"]) == len(dup["extra"]["runs"]["resumable"]) == 1
+        assert rows["apify_migrating_write"]["value"]["max"] < 10_000  # ms: well within the platform's 30 s
+        for name in ("apify_writes_fast", "apify_writes_slow"):
+            # Bounded by the interval: no two writes closer than the flush interval.
+            row = rows[name]
+            assert row["ratio"]["max"] <= 1.0, row
+            assert row["met"] is True, row
+            assert row["extra"]["keys"] == ["bench-writes"], row
+        fast, slow = rows["apify_writes_fast"]["extra"], rows["apify_writes_slow"]["extra"]
+        assert fast["steps_per_s"] > 20 * slow["steps_per_s"], (fast, slow)
+
     # The printed table carries the same rows.
-    for name in CORE_ROWS:
+    for name in CORE_ROWS + (APIFY_ROWS if apify_installed else []):
         assert rows[name]["title"] in proc.stdout
