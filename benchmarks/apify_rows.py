@@ -17,7 +17,6 @@ are the migration's duplicates.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib.util
 import itertools
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._harness import Row, Sizes, progress, unavailable
+from resumable.testing.apify import PlatformEvents as EventServer
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS_CHILD = ROOT / "tests" / "apify_child.py"
@@ -60,61 +60,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, step: floa
         time.sleep(step)
 
 
-# -- the platform's side: an event websocket ----------------------------------------------
-
-
-class EventServer:
-    """A websocket server on 127.0.0.1, on its own thread, that sends the platform's events."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="bench-events", daemon=True)
-        self._cond = threading.Condition()
-        self.connections: list[Any] = []
-        self._server: Any = None
-        self.url = ""
-
-    def __enter__(self) -> EventServer:
-        from websockets.asyncio.server import serve
-
-        self._thread.start()
-
-        async def start() -> Any:
-            return await serve(self._handle, "127.0.0.1", 0)
-
-        self._server = asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)
-        self.url = f"ws://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-        return self
-
-    async def _handle(self, connection: Any) -> None:
-        with self._cond:
-            self.connections.append(connection)
-            self._cond.notify_all()
-        await connection.wait_closed()
-
-    def connection(self, number: int, timeout: float = 30) -> Any:
-        """The ``number``-th Actor that connected (1-based), waiting for it."""
-        with self._cond:
-            if not self._cond.wait_for(lambda: len(self.connections) >= number, timeout):
-                raise Failed(f"no Actor connected to the event websocket within {timeout} s")
-            return self.connections[number - 1]
-
-    def send(self, connection: Any, message: dict[str, Any]) -> float:
-        """Send one event; returns the wall-clock time just before sending."""
-        sent = time.time()
-        asyncio.run_coroutine_threadsafe(connection.send(json.dumps(message)), self.loop).result(10)
-        return sent
-
-    def __exit__(self, *exc: object) -> None:
-        async def stop() -> None:
-            self._server.close()
-            await self._server.wait_closed()
-
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-        self.loop.close()
+# -- the platform's side: an event websocket (resumable.testing.apify.PlatformEvents) ------
 
 
 # -- the Actor processes --------------------------------------------------------------------

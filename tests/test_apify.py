@@ -43,11 +43,12 @@ from apify.storage_clients._apify._alias_resolving import AliasResolver
 from crawlee import service_locator
 from crawlee.storages import KeyValueStore
 from structlog.testing import capture_logs
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 
 import resumable.apify as rapify
 from resumable import _config, checkpoint, resumable
 from resumable.apify import ApifyStore, BlockingJobOnLoop, run_in_thread
+from resumable.testing.apify import PlatformEvents as EventServer
 
 CHILD = Path(__file__).with_name("apify_child.py")
 MIGRATING = {"name": "migrating", "data": {"timeRemainingSecs": 30}}
@@ -92,63 +93,6 @@ async def await_for(predicate: Callable[[], Any], timeout: float, what: str) -> 
 
 
 # -- the platform's side: an event websocket ------------------------------------------
-
-
-class EventServer:
-    """A websocket server on 127.0.0.1 that sends the platform's event messages.
-
-    It runs on its own thread and event loop, so both a test's own loop (an Actor in
-    this process) and child processes can be its clients.
-    """
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="event-server", daemon=True)
-        self._cond = threading.Condition()
-        self.connections: list[ServerConnection] = []
-        self._server: Any = None
-        self.url = ""
-
-    def start(self) -> EventServer:
-        self._thread.start()
-
-        async def start() -> Any:
-            return await serve(self._handle, "127.0.0.1", 0)
-
-        self._server = asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)
-        port = self._server.sockets[0].getsockname()[1]
-        self.url = f"ws://127.0.0.1:{port}"
-        return self
-
-    async def _handle(self, connection: ServerConnection) -> None:
-        with self._cond:
-            self.connections.append(connection)
-            self._cond.notify_all()
-        await connection.wait_closed()
-
-    def connection(self, number: int, timeout: float = 30) -> ServerConnection:
-        """The ``number``-th client that connected (1-based), waiting for it."""
-        with self._cond:
-            if not self._cond.wait_for(lambda: len(self.connections) >= number, timeout):
-                pytest.fail(f"no Actor connected to the event websocket within {timeout} s")
-            return self.connections[number - 1]
-
-    def send(self, connection: ServerConnection, message: dict[str, Any]) -> float:
-        """Send one event message; returns the wall-clock time just before sending."""
-        sent = time.time()
-        asyncio.run_coroutine_threadsafe(connection.send(json.dumps(message)), self.loop).result(10)
-        return sent
-
-    def close(self) -> None:
-        async def stop() -> None:
-            self._server.close()
-            await self._server.wait_closed()
-
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-        self.loop.close()
 
 
 @pytest.fixture
