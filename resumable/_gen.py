@@ -10,12 +10,11 @@ reconciliation; the generator then yields nothing to its consumer.
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 from collections.abc import AsyncGenerator, Callable, Generator
 from typing import Any
 
-from resumable._job import JobDef, _Finished, begin_async
+from resumable._job import JobDef, _Finished, begin_async, end_async
 from resumable._run import _RUN, RUN_HOOKS, Run, notify_run
 from resumable.sinks import BINDING, Binding, SinkFeed
 
@@ -144,7 +143,7 @@ async def _adrive(
             await feed.astart()
         agen = _in_run(run, lambda: wrapped(*bound.args, **bound.kwargs))
     except BaseException as exc:
-        await asyncio.shield(asyncio.to_thread(JobDef.end_error, run, exc))
+        await end_async(run, exc)
         raise
     asend = agen.asend
     method: Callable[[Any], Any] = asend
@@ -192,22 +191,22 @@ async def _adrive(
             finally:
                 _RUN.reset(run_token)
         finally:
-            await asyncio.shield(asyncio.to_thread(JobDef.end_error, run, exc))
+            await end_async(run, exc)
         raise
     except BaseException as exc:
         try:
             if feed is not None:
                 await feed.apush()
         finally:
-            await asyncio.shield(asyncio.to_thread(JobDef.end_error, run, exc))
+            await end_async(run, exc)
         raise
     try:
         if feed is not None:
             await feed.apush()
     except BaseException as exc:
-        await asyncio.shield(asyncio.to_thread(JobDef.end_error, run, exc))
+        await end_async(run, exc)
         raise
-    await asyncio.to_thread(JobDef.end_ok, run, None)
+    await end_async(run)
 
 
 def _in_run(run: Run, make: Callable[[], Any]) -> Any:

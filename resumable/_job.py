@@ -373,6 +373,16 @@ async def begin_async(
     return started
 
 
+async def end_async(run: Run, exc: BaseException | None = None, result: Any = None) -> None:
+    """End a run from async code: the writes go to a thread, the signal handlers are
+    given back here, on the event loop's thread (where they can be restored)."""
+    run.leave_signals()
+    if exc is None:
+        await asyncio.to_thread(JobDef.end_ok, run, result)
+    else:
+        await asyncio.shield(asyncio.to_thread(JobDef.end_error, run, exc))
+
+
 def _abandon_started(task: asyncio.Future[Any]) -> None:
     if not task.cancelled() and task.exception() is None:
         started = task.result()
@@ -390,11 +400,11 @@ def _make_async(job: JobDef) -> Callable[..., Any]:
         try:
             result = await wrapped(*bound.args, **bound.kwargs)
         except BaseException as exc:
-            await asyncio.shield(asyncio.to_thread(JobDef.end_error, run, exc))
+            await end_async(run, exc)
             raise
         finally:
             _RUN.reset(token)
-        await asyncio.to_thread(JobDef.end_ok, run, result)
+        await end_async(run, result=result)
         return result
 
     return wrapper

@@ -579,6 +579,10 @@ class Run:
         except Exception as exc:
             logger.error("flush on signal failed", key=self.key, error=repr(exc))
 
+    def leave_signals(self) -> None:
+        """Stop counting this run for the signal handlers (restored when none is left)."""
+        _signals.leave(self)
+
     def _detach_store(self) -> None:
         detach, self._detach = self._detach, None
         if detach is not None:

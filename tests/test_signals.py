@@ -137,3 +137,22 @@ def test_no_handler_is_installed_outside_a_run() -> None:
 
     assert signal.getsignal(signal.SIGTERM) is before
     assert os.getpid() > 0
+
+
+def test_an_async_run_installs_handlers_while_it_runs_and_restores_them() -> None:
+    import asyncio
+
+    from resumable import MemoryStore, resumable
+
+    before = signal.getsignal(signal.SIGTERM)
+    seen: list[object] = []
+
+    @resumable(store=MemoryStore())
+    async def job() -> int:
+        seen.append(signal.getsignal(signal.SIGTERM))
+        return 1
+
+    assert asyncio.run(job()) == 1
+    assert len(seen) == 1
+    assert seen[0] is not before  # resumable's handler, during the run
+    assert signal.getsignal(signal.SIGTERM) is before  # given back on the loop's thread
