@@ -16,30 +16,7 @@ from structlog.testing import capture_logs
 from resumable import MemoryStore, current_run, flush, restart_with, resumable
 from resumable import _run as run_module
 from resumable.sinks import AsyncSink, JsonLinesSink, ListSink, Sink, SinkMismatch, adrain, drain, progress
-
-
-class Boom(Exception):
-    pass
-
-
-class Crash(BaseException):
-    """Unwinds a run like a process death (the store is frozen before it is raised)."""
-
-
-class FreezableStore(MemoryStore):
-    """A MemoryStore that can be frozen: every later write and delete is dropped."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.frozen = False
-
-    def set(self, key: str, value: bytes) -> None:
-        if not self.frozen:
-            super().set(key, value)
-
-    def delete(self, key: str) -> None:
-        if not self.frozen:
-            super().delete(key)
+from tests.crashing import Boom, Crash, FreezableStore
 
 
 @pytest.fixture
