@@ -16,6 +16,7 @@ from resumable._step import checkpoint
 from resumable.errors import (
     CheckpointCorrupted,
     NotSerializable,
+    AmbiguousCall,
     ReplayMismatch,
     ResumableError,
     RunLocked,
@@ -30,6 +31,7 @@ __all__ = [
     "MemoryStore",
     "NotSerializable",
     "OutsideRun",
+    "AmbiguousCall",
     "ReplayMismatch",
     "ResumableError",
     "RunLocked",

@@ -15,7 +15,7 @@ from collections.abc import AsyncGenerator, Callable, Generator
 from typing import Any
 
 from resumable._job import JobDef, _Finished, begin_async, end_async
-from resumable._run import _RUN, RUN_HOOKS, Run, notify_run
+from resumable._run import _RUN, _STEP, RUN_HOOKS, Run, notify_run
 from resumable.sinks import BINDING, Binding, SinkFeed
 
 __all__ = ["has_started", "is_job_generator", "make_async_gen", "make_gen"]
@@ -54,6 +54,7 @@ def _drive(
     run, bound = started
     ctx = contextvars.copy_context()
     ctx.run(_RUN.set, run)
+    ctx.run(_STEP.set, None)
     ctx.run(BINDING.set, None)
     try:
         feed = _start_binding(run, binding)
@@ -72,6 +73,7 @@ def _drive(
                 item = ctx.run(method, arg)
             except StopIteration as stop:
                 result = stop.value
+                run.check_end()  # before the last push: a replay that went wrong pushes nothing
                 break
             n = run.item_next
             run.item_next = n + 1
@@ -82,6 +84,7 @@ def _drive(
                 if feed.take(item):
                     feed.push()
                 continue
+            run.before_new_item()
             try:
                 arg = yield item
             except GeneratorExit:
@@ -105,7 +108,7 @@ def _drive(
         raise
     except BaseException as exc:
         try:
-            if feed is not None:
+            if feed is not None and feed.safe_to_push():
                 feed.push()
         finally:
             JobDef.end_error(run, exc)
@@ -151,13 +154,16 @@ async def _adrive(
     try:
         while True:
             run_token = _RUN.set(run)
+            step_token = _STEP.set(None)
             bind_token = BINDING.set(None)
             try:
                 item = await method(arg)
             except StopAsyncIteration:
+                run.check_end()
                 break
             finally:
                 BINDING.reset(bind_token)
+                _STEP.reset(step_token)
                 _RUN.reset(run_token)
             n = run.item_next
             run.item_next = n + 1
@@ -168,6 +174,7 @@ async def _adrive(
                 if feed.take(item):
                     await feed.apush()
                 continue
+            run.before_new_item()
             try:
                 arg = yield item
             except GeneratorExit:
@@ -195,7 +202,7 @@ async def _adrive(
         raise
     except BaseException as exc:
         try:
-            if feed is not None:
+            if feed is not None and feed.safe_to_push():
                 await feed.apush()
         finally:
             await end_async(run, exc)

@@ -25,7 +25,7 @@ from resumable._record import (
     load_chunk,
     load_head,
 )
-from resumable._run import _RUN, Run
+from resumable._run import _RUN, _STEP, Run
 from resumable._step import _BoundProxy, _Proxy, kind_of, qualified_name
 from resumable.errors import CheckpointCorrupted, ResumableError, RunLocked
 from resumable.stores._base import RunLock, Store
@@ -104,7 +104,7 @@ async def aflush() -> None:
     Raises:
         OutsideRun: outside a running job.
     """
-    await _require_run("aflush()").flush_async()
+    await _require_run("aflush()").aflush()
 
 
 @dataclass
@@ -112,7 +112,7 @@ class _Finished:
     result: Any
 
 
-def _load(store: Store, key: str, on_corrupt: str) -> tuple[Head | None, dict[int, Entry]]:
+def _load(store: Store, key: str, on_corrupt: str) -> tuple[Head | None, dict[str, Entry]]:
     raw = store.get(key)
     if raw is None:
         return None, {}
@@ -141,43 +141,60 @@ def _load(store: Store, key: str, on_corrupt: str) -> tuple[Head | None, dict[in
         return None, {}
 
 
-def _read(store: Store, key: str, raw: bytes) -> tuple[Head, dict[int, Entry]]:
-    """Read a run's head and chunks; anything off raises `CheckpointCorrupted`."""
+def _read(store: Store, key: str, raw: bytes) -> tuple[Head, dict[str, Entry]]:
+    """Read a run's head and chunks; anything off raises `CheckpointCorrupted`.
+
+    Entries are keyed by the unit number of the job's own steps (as text), or by
+    ``"~IDENT#SLOT"`` for concurrent calls.
+    """
     where = store.describe()
     head = load_head(raw, where, key)
     if head.key != key:
         raise CheckpointCorrupted(where, key, f"it is the record of {head.key!r}")
+    holes: set[int] = set()
     try:
-        holes = {int(n) for n in head.holes}
-        for intent in head.intents:
-            int(intent)
+        for n in head.holes:
+            if not n.startswith("~"):
+                holes.add(int(n))
+        for n in head.intents:
+            if not n.startswith("~"):
+                int(n)
     except ValueError:
         raise CheckpointCorrupted(where, key, "a hole or intent is not a unit number") from None
     check_verify(head.result, where, key)
     check_verify(head.args, where, key)
     check_verify(head.state, where, key)
     check_verify(head.items.get("carry"), where, key)
-    entries: dict[int, Entry] = {}
+    entries: dict[str, Entry] = {}
     first, last = head.chunks
     for index in range(first, last + 1):
         ckey = chunk_key(key, head.epoch, index)
         craw = store.get(ckey)
         if craw is None:
             raise CheckpointCorrupted(where, key, f"its chunk {ckey!r} is missing")
-        for n, entry in load_chunk(craw, where, ckey).items():
-            if not (isinstance(entry, list) and 2 <= len(entry) <= 3 and isinstance(entry[0], str)):
+        for n, entry in load_chunk(craw, where, ckey, key, head.epoch, index).items():
+            if not (
+                isinstance(entry, list)
+                and 2 <= len(entry) <= 3
+                and isinstance(entry[0], str)
+                and type(entry[1]) is int
+            ):
                 raise CheckpointCorrupted(where, key, f"a malformed entry in chunk {ckey!r}")
-            try:
-                unit = int(n)
-            except ValueError:
-                raise CheckpointCorrupted(
-                    where, key, f"chunk {ckey!r} holds {n!r}, not a unit number"
-                ) from None
+            if n.startswith("~"):
+                if "#" not in n:
+                    raise CheckpointCorrupted(where, key, f"chunk {ckey!r} holds {n!r}, not a call label")
+            else:
+                try:
+                    unit = int(n)
+                except ValueError:
+                    raise CheckpointCorrupted(
+                        where, key, f"chunk {ckey!r} holds {n!r}, not a unit number"
+                    ) from None
+                if unit >= head.done or unit in holes:
+                    continue  # written before its completion was: not completed
             if len(entry) > 2:
                 check_verify(entry[2], where, key)
-            entries[unit] = entry
-    completed = set(head.above)
-    entries = {n: e for n, e in entries.items() if (n < head.done and n not in holes) or n in completed}
+            entries[n] = entry
     return head, entries
 
 
@@ -337,12 +354,14 @@ def _make_sync(job: JobDef) -> Callable[..., Any]:
             return started.result
         run, bound = started
         token = _RUN.set(run)
+        step_token = _STEP.set(None)  # a job called inside a step has steps of its own
         try:
             result = wrapped(*bound.args, **bound.kwargs)
         except BaseException as exc:
             JobDef.end_error(run, exc)
             raise
         finally:
+            _STEP.reset(step_token)
             _RUN.reset(token)
         JobDef.end_ok(run, result)
         return result
@@ -378,9 +397,24 @@ async def end_async(run: Run, exc: BaseException | None = None, result: Any = No
     given back here, on the event loop's thread (where they can be restored)."""
     run.leave_signals()
     if exc is None:
-        await asyncio.to_thread(JobDef.end_ok, run, result)
+        work = asyncio.ensure_future(asyncio.to_thread(JobDef.end_ok, run, result))
     else:
-        await asyncio.shield(asyncio.to_thread(JobDef.end_error, run, exc))
+        work = asyncio.ensure_future(asyncio.to_thread(JobDef.end_error, run, exc))
+    # The closing write and the lock's release always happen: a cancellation that lands
+    # now waits for them, then goes on.
+    cancelled: asyncio.CancelledError | None = None
+    while not work.done():
+        try:
+            await asyncio.shield(work)
+        except asyncio.CancelledError as stop:
+            if work.done():
+                break
+            cancelled = stop
+    if cancelled is not None:
+        if not work.cancelled() and work.exception() is not None:
+            raise work.exception()  # type: ignore[misc]
+        raise cancelled
+    work.result()
 
 
 def _abandon_started(task: asyncio.Future[Any]) -> None:
@@ -397,12 +431,14 @@ def _make_async(job: JobDef) -> Callable[..., Any]:
             return started.result
         run, bound = started
         token = _RUN.set(run)
+        step_token = _STEP.set(None)  # a job called inside a step has steps of its own
         try:
             result = await wrapped(*bound.args, **bound.kwargs)
         except BaseException as exc:
             await end_async(run, exc)
             raise
         finally:
+            _STEP.reset(step_token)
             _RUN.reset(token)
         await end_async(run, result=result)
         return result

@@ -77,6 +77,9 @@ def _canonical(value: Any) -> str:
         raise NotPlain(str(exc)) from None
 
 
+canonical = _canonical
+
+
 def is_plain(value: Any) -> bool:
     """Tell whether ``value`` is plain data that goes into a run key's digest.
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import io
 import json
 import math
 import os
@@ -29,19 +30,22 @@ __all__ = [
     "Head",
     "chunk_key",
     "decode_value",
+    "canonical_json",
     "dump_chunk",
     "dump_head",
+    "encode_text",
     "encode_value",
+    "entry_text",
     "load_chunk",
     "load_head",
 ]
 
 FORMAT = "resumable-record"
 CHUNK_FORMAT = "resumable-chunk"
-VERSION = 1
+VERSION = 2
 SECRET_ENV = "RESUMABLE_SECRET"  # noqa: S105 - the name of the variable, not a secret
 
-#: A recorded step: ``[name, identity digest or None, encoded result or absent]``.
+#: A recorded step: ``[name, args code, encoded result or absent]``.
 Entry = list[Any]
 
 _MARKERS = ("$pickle", "$json")
@@ -57,16 +61,23 @@ def is_auxiliary(key: str) -> bool:
     return "(" in key
 
 
-def _json_exact(value: Any) -> bool:
+_INT_LIMIT = 1 << 12_000  # JSON writes ints as text; Python refuses more than 4,300 digits
+
+
+def _json_exact(value: Any, depth: int = 0) -> bool:
     kind = type(value)
-    if kind is str or kind is int or kind is bool or value is None:
+    if kind is str or kind is bool or value is None:
         return True
+    if kind is int:
+        return -_INT_LIMIT < value < _INT_LIMIT
     if kind is float:
         return math.isfinite(value)
+    if depth > 200:
+        return False  # deeply nested: pickled, which keeps the structure without recursion limits
     if kind is list:
-        return all(_json_exact(v) for v in value)
+        return all(_json_exact(v, depth + 1) for v in value)
     if kind is dict:
-        return all(type(k) is str and _json_exact(v) for k, v in value.items())
+        return all(type(k) is str and _json_exact(v, depth + 1) for k, v in value.items())
     return False
 
 
@@ -75,17 +86,33 @@ def _secret() -> bytes | None:
     return secret.encode() if secret else None
 
 
-def encode_value(value: Any, what: str) -> Any:
+def _mac(secret: bytes, bind: str, data: bytes) -> str:
+    return hmac.new(secret, bind.encode("utf-8", "surrogatepass") + b"\x00" + data, hashlib.sha256).hexdigest()
+
+
+#: Canonical JSON text, as the record's checksum covers it.
+canonical_json = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+
+
+def encode_value(value: Any, what: str, bind: str = "") -> Any:
     """Encode ``value`` as JSON data: as it is when JSON holds it exactly, else pickled.
+
+    ``bind`` names the run the value belongs to: with ``RESUMABLE_SECRET`` set, a
+    pickled value's HMAC covers it, so a value copied from another run is refused.
 
     Raises:
         NotSerializable: when cloudpickle cannot serialize it either; ``what`` names
             the step or job in the message.
     """
-    if _json_exact(value):
+    try:
+        exact = _json_exact(value)
+    except RecursionError:  # a self-referencing container
+        exact = False
+    if exact:
         if type(value) is dict and any(m in value for m in _MARKERS):
             return {"$json": value}
         return value
+    _refuse(value, what)
     try:
         data = cloudpickle.dumps(value)
     except Exception as exc:  # cloudpickle raises many kinds: TypeError, PicklingError...
@@ -93,15 +120,41 @@ def encode_value(value: Any, what: str) -> Any:
     encoded: dict[str, Any] = {"$pickle": base64.b64encode(data).decode("ascii")}
     secret = _secret()
     if secret is not None:
-        encoded["hmac"] = hmac.new(secret, data, hashlib.sha256).hexdigest()
+        encoded["hmac"] = _mac(secret, bind, data)
     return encoded
+
+
+def _refuse(value: Any, what: str) -> None:
+    """Refuse values that pickle but would not come back as what was returned."""
+    if isinstance(value, io.IOBase):
+        raise NotSerializable(
+            what, type(value), TypeError("an open file or stream: return its content or its path instead")
+        )
+
+
+def encode_text(value: Any, what: str, bind: str = "") -> str:
+    """`encode_value`, then its canonical JSON text: a copy taken now, written later as it is."""
+    encoded = encode_value(value, what, bind)
+    try:
+        return canonical_json(encoded)
+    except (ValueError, TypeError, RecursionError):
+        # JSON refused what it was thought to hold exactly: keep it pickled instead.
+        try:
+            data = cloudpickle.dumps(value)
+        except Exception as exc:
+            raise NotSerializable(what, type(value), exc) from exc
+        pickled: dict[str, Any] = {"$pickle": base64.b64encode(data).decode("ascii")}
+        secret = _secret()
+        if secret is not None:
+            pickled["hmac"] = _mac(secret, bind, data)
+        return canonical_json(pickled)
 
 
 class _BadValue(Exception):
     pass
 
 
-def decode_value(encoded: Any) -> Any:
+def decode_value(encoded: Any, bind: str = "") -> Any:
     """Decode what `encode_value` made. Raises ``_BadValue`` for a refused payload."""
     if type(encoded) is not dict:
         return encoded
@@ -109,7 +162,7 @@ def decode_value(encoded: Any) -> Any:
         return encoded["$json"]
     if "$pickle" not in encoded:
         return encoded
-    verify_value(encoded)
+    verify_value(encoded, bind)
     data = base64.b64decode(encoded["$pickle"])
     try:
         return cloudpickle.loads(data)
@@ -117,7 +170,7 @@ def decode_value(encoded: Any) -> Any:
         raise _BadValue(f"a pickled value cannot be loaded ({type(exc).__name__}: {exc})") from None
 
 
-def verify_value(encoded: Any) -> None:
+def verify_value(encoded: Any, bind: str = "") -> None:
     """Check an encoded value's form and signature without loading it (raises ``_BadValue``)."""
     if type(encoded) is not dict or "$pickle" not in encoded:
         return
@@ -130,17 +183,71 @@ def verify_value(encoded: Any) -> None:
     if secret is not None:
         if not isinstance(mac, str):
             raise _BadValue(f"a pickled value is not signed, but {SECRET_ENV} is set")
-        if not hmac.compare_digest(hmac.new(secret, data, hashlib.sha256).hexdigest(), mac):
-            raise _BadValue(f"a pickled value failed its HMAC check against {SECRET_ENV}")
+        if not hmac.compare_digest(_mac(secret, bind, data), mac):
+            raise _BadValue(
+                f"a pickled value failed its HMAC check against {SECRET_ENV} (altered, or copied "
+                "from another run)"
+            )
     elif mac is not None:
         raise _BadValue(f"a pickled value is signed, but {SECRET_ENV} is not set to check it")
 
 
+def _seal(text: str) -> bytes:
+    """Append the record's checksum, or its HMAC when ``RESUMABLE_SECRET`` is set."""
+    secret = _secret()
+    if secret is None:
+        digest = hashlib.sha256(text.encode()).hexdigest()[:32]
+        return (text[:-1] + f',"checksum":"{digest}"}}').encode()
+    mac = hmac.new(secret, text.encode(), hashlib.sha256).hexdigest()
+    return (text[:-1] + f',"hmac":"{mac}"}}').encode()
+
+
+def _seal_text(text: str, field_name: str, seal: str) -> bytes:
+    return (text[:-1] + f',"{field_name}":"{seal}"}}').encode()
+
+
 def _dump(body: dict[str, Any]) -> bytes:
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
-    digest = hashlib.sha256(text.encode()).hexdigest()[:32]
     # The checksum goes last, over the canonical text of everything else.
-    return (text[:-1] + f',"checksum":"{digest}"}}').encode()
+    return _seal(canonical_json(body))
+
+
+_CHECKSUM = b',"checksum":"'
+_HMAC = b',"hmac":"'
+
+
+def _unseal(raw: bytes, store: str, key: str, body: dict[str, Any]) -> None:
+    """Check the checksum or HMAC that `_seal` appended.
+
+    The bytes are checked as they are when they end as `_seal` left them; a store that
+    gives back the same JSON reformatted (Apify's parses and re-serializes it) is
+    checked on the canonical text of what it holds.
+    """
+    if not (raw[-47:-34] == _CHECKSUM or raw[-75:-66] == _HMAC) or not raw.endswith(b'"}'):
+        seal = body.get("hmac", body.get("checksum"))
+        rest = {k: v for k, v in body.items() if k not in ("hmac", "checksum")}
+        field_name = "hmac" if "hmac" in body else "checksum"
+        if not isinstance(seal, str):
+            raise CheckpointCorrupted(store, key, "no checksum (not a complete record)")
+        raw = _seal_text(canonical_json(rest), field_name, seal)
+    secret = _secret()
+    if raw[-47:-34] == _CHECKSUM and raw.endswith(b'"}'):
+        if secret is not None:
+            raise CheckpointCorrupted(
+                store, key, f"the record is not signed, but {SECRET_ENV} is set (written without it?)"
+            )
+        if hmac.compare_digest(hashlib.sha256(raw[:-47] + b"}").hexdigest()[:32].encode(), raw[-34:-2]):
+            return
+        raise CheckpointCorrupted(store, key, "checksum mismatch (the record was altered)")
+    if raw[-75:-66] == _HMAC and raw.endswith(b'"}'):
+        if secret is None:
+            raise CheckpointCorrupted(store, key, f"the record is signed, but {SECRET_ENV} is not set to check it")
+        mac = hmac.new(secret, raw[:-75] + b"}", hashlib.sha256).hexdigest().encode()
+        if hmac.compare_digest(mac, raw[-66:-2]):
+            return
+        raise CheckpointCorrupted(
+            store, key, f"its HMAC does not match {SECRET_ENV} (altered, or another run's record)"
+        )
+    raise CheckpointCorrupted(store, key, "no checksum (not a complete record)")
 
 
 def _load(raw: bytes, store: str, key: str, fmt: str) -> dict[str, Any]:
@@ -151,16 +258,22 @@ def _load(raw: bytes, store: str, key: str, fmt: str) -> dict[str, Any]:
     if not isinstance(body, dict) or body.get("format") != fmt:
         raise CheckpointCorrupted(store, key, f"not a {fmt} (no 'format': {fmt!r})")
     version = body.get("version")
-    if not isinstance(version, int) or version > VERSION:
+    if type(version) is not int or version != VERSION:
+        if type(version) is int and version > VERSION:
+            raise CheckpointCorrupted(
+                store,
+                key,
+                f"format version {version} is newer than this resumable reads ({VERSION}); upgrade resumable",
+            )
         raise CheckpointCorrupted(
             store,
             key,
-            f"format version {version!r} is newer than this resumable reads ({VERSION}); upgrade resumable",
+            f"format version {version!r} is not one this resumable reads ({VERSION}); a record of "
+            "an older version cannot be resumed by this one: reset the run",
         )
-    checksum = body.pop("checksum", None)
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
-    if checksum != hashlib.sha256(text.encode()).hexdigest()[:32]:
-        raise CheckpointCorrupted(store, key, "checksum mismatch (the record was altered)")
+    _unseal(raw, store, key, body)
+    body.pop("checksum", None)
+    body.pop("hmac", None)
     return body
 
 
@@ -180,6 +293,7 @@ class Head:
     above: list[int] = field(default_factory=list)  # completed units above the watermark
     digest: str = "0"  # rolling digest of the names of unidentified steps below done
     folded: int = 0  # how many steps that digest covers
+    counts: dict[str, int] = field(default_factory=dict)  # those steps per name code (hex)
     chunks: list[int] = field(default_factory=lambda: [0, -1])  # first and last index
     intents: dict[str, Entry] = field(default_factory=dict)  # durable steps in flight
     holes: dict[str, list[Any]] = field(default_factory=dict)  # steps that raised, below done
@@ -205,6 +319,7 @@ class Head:
                 "above": self.above,
                 "digest": self.digest,
                 "folded": self.folded,
+                "counts": self.counts,
             },
             "chunks": self.chunks,
             "intents": self.intents,
@@ -239,6 +354,7 @@ def load_head(raw: bytes, store: str, key: str) -> Head:
             above=[int(n) for n in units["above"]],
             digest=str(units["digest"]),
             folded=int(units["folded"]),
+            counts={str(k): int(v) for k, v in dict(units["counts"]).items()},
             chunks=[int(body["chunks"][0]), int(body["chunks"][1])],
             intents=dict(body["intents"]),
             holes=dict(body["holes"]),
@@ -254,23 +370,32 @@ def load_head(raw: bytes, store: str, key: str) -> Head:
     return head
 
 
-def dump_chunk(key: str, epoch: int, index: int, entries: dict[str, Entry]) -> bytes:
-    """Serialize a chunk of recorded step results."""
-    return _dump(
-        {
-            "format": CHUNK_FORMAT,
-            "version": VERSION,
-            "key": key,
-            "epoch": epoch,
-            "index": index,
-            "entries": entries,
-        }
+def entry_text(name: str, code: int, value_text: str | None = None) -> str:
+    """The canonical JSON text of one recorded step: ``[name, args code(, value)]``."""
+    head = canonical_json([name, code])
+    return head if value_text is None else f"{head[:-1]},{value_text}]"
+
+
+def dump_chunk(key: str, epoch: int, index: int, entries: dict[str, str]) -> bytes:
+    """Serialize a chunk of recorded steps, each given as its `entry_text`."""
+    body = ",".join(f"{canonical_json(k)}:{entries[k]}" for k in sorted(entries))
+    text = (
+        f'{{"entries":{{{body}}},"epoch":{epoch},"format":"{CHUNK_FORMAT}",'
+        f'"index":{index},"key":{canonical_json(key)},"version":{VERSION}}}'
     )
+    return _seal(text)
 
 
-def load_chunk(raw: bytes, store: str, key: str) -> dict[str, Entry]:
-    """Parse and check a chunk; returns its entries by unit number (as text)."""
+def load_chunk(raw: bytes, store: str, key: str, run: str, epoch: int, index: int) -> dict[str, Entry]:
+    """Parse and check chunk ``index`` of ``epoch`` of run ``run``; returns its entries by unit."""
     body = _load(raw, store, key, CHUNK_FORMAT)
+    if body.get("key") != run or body.get("epoch") != epoch or body.get("index") != index:
+        raise CheckpointCorrupted(
+            store,
+            key,
+            f"the chunk belongs to run {body.get('key')!r}, epoch {body.get('epoch')!r}, index "
+            f"{body.get('index')!r}, not to this one (copied from elsewhere?)",
+        )
     entries = body.get("entries")
     if not isinstance(entries, dict):
         raise CheckpointCorrupted(store, key, "a chunk without entries")
@@ -278,16 +403,16 @@ def load_chunk(raw: bytes, store: str, key: str) -> dict[str, Entry]:
 
 
 def check_verify(encoded: Any, store: str, key: str) -> None:
-    """`verify_value`, with refusals raised as `CheckpointCorrupted`."""
+    """`verify_value` for run ``key``, with refusals raised as `CheckpointCorrupted`."""
     try:
-        verify_value(encoded)
+        verify_value(encoded, key)
     except _BadValue as exc:
         raise CheckpointCorrupted(store, key, str(exc)) from None
 
 
 def check_decode(encoded: Any, store: str, key: str) -> Any:
-    """`decode_value`, with refusals raised as `CheckpointCorrupted`."""
+    """`decode_value` for run ``key``, with refusals raised as `CheckpointCorrupted`."""
     try:
-        return decode_value(encoded)
+        return decode_value(encoded, key)
     except _BadValue as exc:
         raise CheckpointCorrupted(store, key, str(exc)) from None

@@ -22,15 +22,15 @@ import os
 import signal
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
 import tenacity
 
 from resumable import _digest
-from resumable._keys import digest_plain, digest_texts, plain_arguments
+from resumable._ident import call_digest
+from resumable._keys import bind_arguments, digest_plain
 from resumable._log import logger
 from resumable._record import (
     Entry,
@@ -39,9 +39,10 @@ from resumable._record import (
     chunk_key,
     dump_chunk,
     dump_head,
-    encode_value,
+    encode_text,
+    entry_text,
 )
-from resumable.errors import ReplayMismatch
+from resumable.errors import AmbiguousCall, ReplayMismatch
 from resumable.stores._base import RunLock, Store
 
 __all__ = ["Run", "StepContext", "StepDef", "current_run", "current_step"]
@@ -51,7 +52,6 @@ _STEP: ContextVar[StepContext | None] = ContextVar("resumable_step", default=Non
 
 _DEBUG = logging.getLogger("resumable")
 _NEW: Any = object()  # replay's answer for "not recorded: run the step"
-_SLOW: Any = object()  # replay_quick's answer for "take the full path"
 _CHUNK_ENTRIES = 256  # a chunk is closed (never rewritten again) at this many entries
 _CHUNK_BYTES = 64 * 1024
 
@@ -119,35 +119,35 @@ class StepDef:
         self.durable = durable
         self.key = key
 
-    def identity(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-        """A digest of the step's name and its call's arguments (or ``key=``), to match calls by."""
-        from resumable._keys import bind_arguments
-
+    def identity(
+        self, func: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[str, list[Any]]:
+        """How a concurrent call is told apart: a digest of the step's name and its
+        arguments (the instance of a method included), or of ``key=``; and the objects
+        in them that have no stable identity."""
         if self.key is None:
-            try:
-                bound = bind_arguments(func, None, args, kwargs)
-            except TypeError:
-                text = repr(len(args)) + ",".join(sorted(kwargs))
-            else:
-                text = digest_texts(plain_arguments(bound))
+            desc = call_digest(instance, args, kwargs)
+            text, opaque = desc.digest(), desc.opaque
         elif callable(self.key):
-            text = str(self.key(*args, **kwargs))
+            text, opaque = str(self.key(*args, **kwargs)), []
         else:
-            text = self.key.format(**bind_arguments(func, None, args, kwargs).arguments)
-        return digest_plain(f"{self.name}\x00{text}")
+            text, opaque = self.key.format(**bind_arguments(func, None, args, kwargs).arguments), []
+        return digest_plain(f"{self.name}\x00{text}"), opaque
 
 
 class StepContext:
     """One call of a step inside a run (see `current_step`)."""
 
     __slots__ = (
+        "acode",
         "args",
         "attempt",
         "concurrent",
         "func",
-        "ident",
+        "instance",
         "key_number",
         "kwargs",
+        "label",
         "number",
         "run",
         "sdef",
@@ -161,17 +161,21 @@ class StepContext:
         func: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        acode: int = 0,
+        instance: Any = None,
     ) -> None:
         self.run = run
         self.sdef = sdef
-        self.number = number
+        self.number = number  # place in the job's own sequence, or -1 for a concurrent call
         self.key_number = number  # the number of its first attempt, for idempotency_key
         self.func = func
         self.args = args
         self.kwargs = kwargs
+        self.instance = instance
+        self.acode = acode
         self.attempt = 1
         self.concurrent = False
-        self.ident: str | None = None
+        self.label: str | None = None  # a concurrent call's identity and occurrence
 
     @property
     def name(self) -> str:
@@ -180,13 +184,20 @@ class StepContext:
 
     @property
     def idempotency_key(self) -> str:
-        """``"<run key>:<epoch>.<step number>"``: the same for this step across restarts."""
+        """The same for this call on every attempt, across restarts, and no other call's.
+
+        ``"<run key>:<epoch>.<step number>"`` for the job's own steps,
+        ``"<run key>:<epoch>.c<identity>.<occurrence>"`` for calls from other tasks and
+        threads (matched by their arguments).
+        """
+        if self.label is not None:
+            ident, _, slot = self.label.partition("#")
+            return f"{self.run.key}:{self.run.epoch}.c{ident}.{slot}"
         return f"{self.run.key}:{self.run.epoch}.{self.key_number}"
 
     def identity(self) -> str:
-        if self.ident is None:
-            self.ident = self.sdef.identity(self.func, self.args, self.kwargs)
-        return self.ident
+        """What the call is matched by on replay: its position, or its identity label."""
+        return self.label if self.label is not None else str(self.number)
 
     def __repr__(self) -> str:
         return (
@@ -319,8 +330,28 @@ def _settle(fut: asyncio.Future[None], error: BaseException | None) -> None:
         fut.set_exception(error)
 
 
+class _Hole:
+    """Replay's answer for a step that raised before the restart: run it again."""
+
+    __slots__ = ("attempt",)
+
+    def __init__(self, attempt: int) -> None:
+        self.attempt = attempt
+
+
 class Run:
-    """The state of one run of a job: progress, replay and writing."""
+    """The state of one run of a job: progress, replay and writing.
+
+    Two kinds of step call make up a run. The job's *own* steps (called by the task or
+    thread that runs the body) form a sequence matched by position, with a change
+    detector of their arguments (``acode``): a completion is a unit below the
+    watermark ``done``; those that returned ``None`` are only folded into a rolling
+    digest of names and arguments (``digest``, ``folded``, and a count per step name),
+    so the record stays O(1) for them. *Concurrent* calls (from other tasks or threads)
+    are matched by identity: a digest of the step's name and all its arguments, plus
+    an occurrence number among equal calls (``"IDENT#SLOT"``); each completion is an
+    entry. Timing between tasks never moves the job's own steps.
+    """
 
     def __init__(
         self,
@@ -331,13 +362,15 @@ class Run:
         lock: RunLock,
         flush_interval: float,
         head: Head | None,
-        entries: dict[int, Entry],
+        entries: dict[str, Entry],
     ) -> None:
         self.job = job
         self.key = key
         self.store = store
         self._lock_handle = lock
         self._owner = threading.get_ident()
+        self.pid = os.getpid()
+        self.forked = False  # True in a process forked while the run was active
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self.state: dict[str, Any] = {}
@@ -350,20 +383,31 @@ class Run:
         self.epoch = head.epoch
         self._args_encoded = head.args
         self._state_encoded = head.state
+        # -- the job's own sequence
+        self._next = 0
         self._prog: tuple[int, int, int] = (head.done, int(head.digest, 16), head.folded)
-        self._above: set[int] = set(head.above)
-        self._holes: dict[int, list[Any]] = {int(n): list(v) for n, v in head.holes.items()}
-        self._pending_holes: dict[int, list[Any]] = {}
-        self._intents: dict[int, Entry] = {}
-        self._new: list[tuple[int, Entry]] = []
+        self._counts: dict[int, int] = {int(k, 16): int(v) for k, v in head.counts.items()}
+        self._holes: dict[int, list[Any]] = {}
+        self._failed: dict[str, list[Any]] = {}  # concurrent calls that raised: label -> [name, attempts]
+        for n, hole in head.holes.items():
+            if n.startswith("~"):
+                self._failed[n[1:]] = list(hole)
+            else:
+                self._holes[int(n)] = list(hole)
+        self._last_fail: tuple[str, int] | None = None  # the own step that just raised
+        self._intents: dict[str, list[Any]] = {}
+        self._new: list[tuple[str, str]] = []  # (entry key, entry text) not yet in a chunk
         self._flushed_new = 0
         # A resumed run writes its results to a new chunk: recorded chunks are never
         # rewritten, so nothing recorded can be lost by a later write.
         self._chunk_index = head.chunks[1] + 1
-        self._chunk: dict[str, Entry] = {}
+        self._chunk: dict[str, str] = {}
         self._stale_chunks: list[tuple[int, str]] = []
-        self._inflight: set[StepContext] = set()
-        self._next = 0
+        self.own_busy = False  # one of the job's own steps is running (off the fast path)
+        # -- concurrent calls
+        self._inflight = 0
+        self._claimed: dict[str, set[int]] = {}
+        self._opaque: dict[str, tuple[tuple[int, ...], list[Any]]] = {}
         # Items of a generator job: (consumed in this epoch, sink count that goes with it).
         sink_count = head.items.get("sink")
         self.item_prog: tuple[int, int | None] = (int(head.items.get("done", 0)), sink_count)
@@ -374,48 +418,38 @@ class Run:
         # saved with the new epoch so that a restart pushes them first.
         self.resume_point_hooks: list[Callable[[], list[Any]]] = []
         self.carry_encoded: Any = head.items.get("carry")
-        # Replay: what the record holds for this epoch.
+        # -- replay: what the record holds for this epoch
         self._rec_done = head.done
         self._rec_digest = int(head.digest, 16)
         self._rec_folded = head.folded
-        self._rec_entries = entries
+        self._rec_counts = dict(self._counts)
+        self._rec_own: dict[int, Entry] = {}
+        self._rec_conc: dict[str, Entry] = {}
+        for k, entry in entries.items():
+            if k.startswith("~"):
+                self._rec_conc[k[1:]] = entry
+            else:
+                self._rec_own[int(k)] = entry
         self._rec_holes = dict(self._holes)
-        self._rec_intents: dict[str, Entry] = {}
-        for number, intent in head.intents.items():
-            self._rec_intents[str(intent[1])] = [int(number), *intent]
-        self._hole_idents: dict[str, list[Any]] = {
-            str(hole[4]): hole for hole in self._holes.values() if len(hole) > 4
-        }
-        self._ident_index: dict[str, deque[int]] = {}
-        for n in sorted(entries):
-            ident = entries[n][1]
-            if ident is not None:
-                self._ident_index.setdefault(ident, deque()).append(n)
-        ends = [head.done, *(n + 1 for n in head.above), *(n + 1 for n in self._holes)]
-        self._replay_until = max(ends)
+        self._rec_intents: dict[str, list[Any]] = {k: list(v) for k, v in head.intents.items()}
         self._replay_digest = 0
         self._replay_folded = 0
-        self._verified = not head.done and not self._holes
-        self.replaying = (
-            self._replay_until > 0
-            or bool(self._ident_index)
-            or bool(self._rec_intents)
-            or bool(self._hole_idents)
-        )
+        self._replay_counts: dict[int, int] = {}
+        self._verified = self._rec_done == 0
+        self.replaying = self._rec_done > 0 or any(not k.startswith("~") for k in self._rec_intents)
         self.replayed = 0
         self._flusher: Flusher | None = None
         self.interval = flush_interval
         self.finished = False
-        # True while a sync step on the run's thread may take the fast path: not
-        # replaying, not finished, no async step in flight.
+        # True while a sync step of the job's own may take the fast path: not
+        # replaying, not finished, not in a forked child.
         self.fast = not self.replaying
         self.params: set[str] = set()
         # The sync step running alone on the run's thread, if any (the fast path keeps
         # it here instead of in a context variable).
         self.sync_n = -1
         self.sync_sdef: StepDef | None = None
-        # The task that runs the job body: async steps called from other tasks (gather,
-        # TaskGroup) may start in another order on resume, so they are matched by identity.
+        # The task that runs the job body (async jobs): steps of other tasks are concurrent.
         self.main_task: asyncio.Task[Any] | None = None
         self._detach: Callable[[], None] | None = None
 
@@ -427,12 +461,12 @@ class Run:
         return self.items_before + self.item_prog[0]
 
     def in_flight(self) -> int:
-        """How many steps are running now."""
-        return len(self._inflight)
+        """How many steps are running now (the job's own and concurrent ones)."""
+        return self._inflight + (1 if self.own_busy or self.sync_n >= 0 else 0)
 
     @property
     def done(self) -> int:
-        """How many units of the current epoch completed without a gap."""
+        """How many of the job's own steps of the current epoch completed (or raised)."""
         return self._prog[0]
 
     def forget_old_chunks(self, keys: list[str]) -> None:
@@ -459,6 +493,17 @@ class Run:
         _signals.enter(self)
         self._detach = self.store.attach(self)
 
+    def is_owner(self) -> bool:
+        """Tell whether the caller is the job's own thread and task (not a concurrent one)."""
+        if threading.get_ident() != self._owner:
+            return False
+        if self.main_task is None:
+            return True
+        try:
+            return asyncio.current_task() is self.main_task
+        except RuntimeError:
+            return False
+
     def _decode_state(self) -> dict[str, Any]:
         state = check_decode(self._state_encoded, self.store.describe(), self.key)
         if not isinstance(state, dict):
@@ -477,7 +522,8 @@ class Run:
         """Under the run's lock: the bytes of the next chunk and head, all of one epoch."""
         with self._lock:
             self.dirty = False
-            done, digest, folded = self._prog
+            done, digest, folded = self._prog  # read before the counts: they are never behind it
+            counts = dict(self._counts)
             epoch = self.epoch
             head = self._head
             head.status = status
@@ -488,19 +534,23 @@ class Run:
             head.done = done
             head.digest = format(digest, "x")
             head.folded = folded
-            head.above = sorted(n for n in self._above if n >= done)
-            head.intents = {str(n): list(v) for n, v in self._intents.items()}
+            head.counts = {format(k, "x"): v for k, v in counts.items()}
+            head.above = []
+            head.intents = {k: list(v) for k, v in self._intents.items()}
             done_items, sink = self.item_prog
             head.items = {"done": done_items, "before": self.items_before, "sink": sink}
             if self.carry_encoded is not None:
                 head.items["carry"] = self.carry_encoded
-            head.holes = {str(n): list(v) for n, v in self._holes.items() if n < done}
+            holes: dict[str, list[Any]] = {str(n): list(v) for n, v in self._holes.items() if n < done}
+            for label, fail in self._failed.items():
+                holes["~" + label] = list(fail)
+            head.holes = holes
             head.result = result
             head.error = error
             upto = len(self._new)
             new = self._new[self._flushed_new : upto]
-            for n, entry in new:
-                self._chunk[str(n)] = entry
+            for k, text in new:
+                self._chunk[k] = text
             index = self._chunk_index
             head.chunks = [0, index if self._chunk else index - 1]
             chunk = dump_chunk(self.key, epoch, index, self._chunk) if new else None
@@ -510,6 +560,8 @@ class Run:
         self, *, retry: bool, status: str = "running", result: Any = None, error: str | None = None
     ) -> None:
         """Write the run's completed progress: the newest chunk if it grew, then the head."""
+        if self.forked:
+            return  # a forked child never writes its parent's record
         with self._write_lock:
             epoch, index, upto, chunk, data, done = self._snapshot(status, result, error)
 
@@ -551,24 +603,24 @@ class Run:
 
     def flush(self) -> None:
         """Write completed progress now and wait for it."""
-        if self._flusher is not None:
+        if self._flusher is not None and not self.forked:
             self._flusher.sync()
 
-    async def flush_async(self) -> None:
+    async def aflush(self) -> None:
         """`flush` for coroutines: waits without blocking the event loop."""
-        if self._flusher is not None:
+        if self._flusher is not None and not self.forked:
             await self._flusher.async_sync()
 
     def request_flush(self) -> None:
         """Ask the flusher to write soon, without waiting."""
-        if self._flusher is not None:
+        if self._flusher is not None and not self.forked:
             self._flusher.request()
 
     def write_now_if_safe(self) -> None:
         """Write from a signal handler: only when no update is half done on this thread."""
         # Waits briefly for the flusher thread; gives up when this very thread holds
         # the lock (the signal arrived in the middle of an update or a write).
-        if not self._lock.acquire(timeout=0.5):
+        if self.forked or not self._lock.acquire(timeout=0.5):
             return
         self._lock.release()
         if not self._write_lock.acquire(timeout=2.0):
@@ -593,6 +645,8 @@ class Run:
 
     def abandon(self) -> None:
         """Give the run up without writing (it never started)."""
+        if self.forked:
+            return  # the parent's run: not ours to release
         self._detach_store()
         _signals.leave(self)
         if self._flusher is not None:
@@ -603,6 +657,8 @@ class Run:
         self, *, result: Any = None, finished: bool = False, error: BaseException | None = None
     ) -> None:
         """End the run: stop the flusher and write the last progress (raises if it cannot)."""
+        if self.forked:
+            return  # a forked child never writes its parent's record nor releases its lock
         self._detach_store()
         _signals.leave(self)
         if self._flusher is not None:
@@ -615,18 +671,13 @@ class Run:
         self.finished = finished
         self.fast = False
 
-    # -- steps ------------------------------------------------------------------------
+    def after_fork(self) -> None:
+        """In a child forked from the run's process: the run is the parent's, not ours."""
+        self.forked = True
+        self.fast = False
+        self._flusher = None
 
-    def number(self, owner: bool) -> int:
-        """Take the next unit number (under the lock when called off the run's thread)."""
-        if owner:
-            n = self._next
-            self._next = n + 1
-            return n
-        with self._lock:
-            n = self._next
-            self._next = n + 1
-            return n
+    # -- the job's own steps ----------------------------------------------------------
 
     def make_call(
         self,
@@ -635,125 +686,126 @@ class Run:
         func: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        owner: bool,
+        acode: int = 0,
     ) -> StepContext:
-        call = StepContext(self, sdef, n, func, args, kwargs)
-        if not owner:
-            call.concurrent = True
-        return call
+        return StepContext(self, sdef, n, func, args, kwargs, acode)
 
-    def replay_quick(self, sdef: StepDef, n: int) -> Any:
-        """The common replay cases without building a call: ``_SLOW`` for the rest."""
-        if self._ident_index or self._hole_idents or n >= self._rec_done:
-            return _SLOW
-        recorded = self._rec_entries.get(n)
-        if recorded is None:
-            if self._rec_holes and n in self._rec_holes:
-                return _SLOW
-            self._replay_digest = (self._replay_digest * _MULT + sdef.code) & _MASK
-            self._replay_folded += 1
+    def replay_own(self, sdef: StepDef, n: int, acode: int) -> Any:
+        """Replay the job's own step ``n``: its recorded result, ``_NEW`` or a `_Hole`."""
+        if n >= self._rec_done:
+            self._verify(n, sdef.name)
+            intent = self._rec_intents.get(str(n))
+            if intent is None:
+                self._end_replay()
+                return _NEW
+            del self._rec_intents[str(n)]
+            self._end_replay()
+            if intent[0] != sdef.name or intent[1] != acode:
+                self._mismatch(
+                    n,
+                    intent[0],
+                    sdef.name,
+                    "a durable step started here and never completed; the call in its place "
+                    "has another step or other arguments, and must not take its idempotency key",
+                )
+            return _Hole(int(intent[2]) + 1)
+        entry = self._rec_own.get(n)
+        if entry is not None:
+            self._check(n, entry[0], entry[1], sdef.name, acode)
             self.replayed += 1
-            return None
-        if recorded[1] is None and recorded[0] == sdef.name:
-            self.replayed += 1
-            return self._decode(recorded)
-        return _SLOW
-
-    def complete_quick(
-        self,
-        sdef: StepDef,
-        n: int,
-        result: Any,
-        func: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> None:
-        """`complete` for a sync step that ran alone on the run's thread."""
-        done, digest, folded = self._prog
-        if n == done and not self._above and not (self._holes and n in self._holes):
-            if result is None:
-                self._prog = (n + 1, (digest * _MULT + sdef.code) & _MASK, folded + 1)
-            else:
-                self._new.append((n, [sdef.name, None, encode_value(result, f"step {sdef.name!r} (#{n})")]))
-                self._prog = (n + 1, digest, folded)
-            self.dirty = True
-            return
-        self.complete(self.make_call(sdef, n, func, args, kwargs, True), result)
-
-    def replay(self, call: StepContext) -> Any:
-        """Return the recorded result of ``call``, or ``_NEW`` when it must run."""
-        n = call.number
-        if n >= self._replay_until and not self._ident_index and not self._hole_idents:
-            if not self._rec_intents:
-                self.replaying = False
-                self._refresh_fast()
-            return self._start_new(call)
-        if self._ident_index:
-            queue = self._ident_index.get(call.identity())
-            if queue:
-                m = queue.popleft()
-                if not queue:
-                    del self._ident_index[call.identity()]
-                entry = self._rec_entries[m]
-                if m != n:
-                    self._move(n, entry)
-                self.replayed += 1
-                return self._decode(entry)
-        if self._hole_idents:
-            hole = self._hole_idents.pop(call.identity(), None)
-            if hole is not None:  # a concurrent step that raised: it runs again
-                return self._rerun_hole(call, hole)
-        recorded = self._rec_entries.get(n)
-        if recorded is not None and recorded[1] is None:
-            if recorded[0] != call.name:
-                self._mismatch(n, recorded[0], call.name)
-            self.replayed += 1
-            return self._decode(recorded)
+            return self._decode(entry)
         hole = self._rec_holes.get(n)
-        if hole is not None and len(hole) < 5:
-            if hole[0] != call.name:
-                self._mismatch(n, hole[0], call.name)
-            return self._rerun_hole(call, hole)
-        if n < self._rec_done and recorded is None and hole is None:
-            self._replay_digest = _digest.fold(self._replay_digest, call.sdef.code)
-            self._replay_folded += 1
-            self.replayed += 1
-            return None
-        return self._start_new(call)
+        if hole is not None:
+            self._check(n, hole[0], hole[4], sdef.name, acode)
+            if (self._replay_digest, self._replay_folded) != (int(hole[1], 16), hole[2]):
+                self._mismatch(n, None, None, "the steps before it differ from the recorded ones")
+            # A retry (tenacity around the step) whose later attempt completed: that
+            # completion is this call's; the failed attempts are not run again.
+            m = n + 1
+            while (h := self._rec_holes.get(m)) is not None and h[0] == sdef.name and h[4] == acode:
+                m += 1
+            later = self._rec_own.get(m)
+            if m < self._rec_done and later is not None and later[0] == sdef.name and later[1] == acode:
+                self._next = m + 1
+                self.replayed += 1
+                return self._decode(later)
+            return _Hole(int(hole[3]) + 1)
+        code = sdef.code
+        count = self._replay_counts.get(code, 0) + 1
+        if count > self._rec_counts.get(code, 0):
+            self._mismatch(
+                n,
+                None,
+                sdef.name,
+                f"the record holds {self._rec_counts.get(code, 0)} calls of {sdef.name!r} that "
+                "returned None, and this one would be one more; a step that returned None was "
+                "recorded here",
+            )
+        self._replay_counts[code] = count
+        self._replay_digest = (self._replay_digest * _MULT + (code ^ acode)) & _MASK
+        self._replay_folded += 1
+        self.replayed += 1
+        return None
 
-    def _rerun_hole(self, call: StepContext, hole: list[Any]) -> Any:
-        # A step that raised before the restart: the steps before it must match.
-        if (self._replay_digest, self._replay_folded) != (int(hole[1], 16), hole[2]):
-            self._mismatch(call.number, None, None, "the steps before it differ from the recorded ones")
-        call.attempt = int(hole[3]) + 1
-        return _NEW
+    def _check(self, n: int, name: str, code: int, called: str, acode: int) -> None:
+        if name != called:
+            self._mismatch(n, name, called)
+        if code != acode:
+            self._mismatch(
+                n,
+                None,
+                None,
+                f"the step {called!r} was recorded here with other arguments: its inputs changed "
+                "under the run (a file or a query that returns other rows now?), and a recorded "
+                "result is never handed to a call with other arguments",
+            )
 
-    def _start_new(self, call: StepContext) -> Any:
-        # New work during replay: the replayed steps must match the record first.
-        self._verify(call)
-        if self._rec_intents and call.sdef.durable:
-            intent = self._rec_intents.pop(call.identity(), None)
-            if intent is not None:  # it started before the restart and never completed
-                call.attempt = max(call.attempt, int(intent[3]) + 1)
-                call.key_number = int(intent[0])
-        return _NEW
+    def _end_replay(self) -> None:
+        if not any(not k.startswith("~") for k in self._rec_intents):
+            self.replaying = False
+            self._refresh_fast()
 
     def _decode(self, entry: Entry) -> Any:
         return check_decode(entry[2], self.store.describe(), self.key) if len(entry) > 2 else None
 
-    def _verify(self, call: StepContext) -> None:
+    def _verify(self, n: int, called: str | None) -> None:
+        """Before new work: the replayed steps must be the recorded ones."""
         if self._verified:
             return
         if (self._replay_digest, self._replay_folded) != (self._rec_digest, self._rec_folded):
+            where = f"new work at step {n} ({called!r})" if called else f"new work at step {n}"
             self._mismatch(
-                call.number,
+                n,
                 None,
                 None,
-                f"before new work at step {call.number} ({call.name!r}) the job replayed "
-                f"{self._replay_folded} steps that returned None where the record holds "
-                f"{self._rec_folded}, or their names differ",
+                f"before {where} the job replayed {self._replay_folded} steps that returned None "
+                f"where the record holds {self._rec_folded}, or their names or arguments differ",
             )
         self._verified = True
+
+    def may_do_new_work(self) -> bool:
+        """Tell whether replay has reached the watermark (verifying it then), so that
+        new output may be pushed; raises `ReplayMismatch` when the replay went wrong."""
+        if self._verified:
+            return True
+        if self._next >= self._rec_done:
+            self._verify(self._next, None)
+            return True
+        return False
+
+    def before_new_item(self) -> None:
+        """A generator job yields an item not consumed before: replay must be complete."""
+        if self._verified:
+            return
+        if self._next < self._rec_done:
+            self._mismatch(
+                self._next,
+                None,
+                None,
+                f"the generator yielded a new item after {self._next} steps, but the record holds "
+                f"{self._rec_done} steps completed before its next item",
+            )
+        self._verify(self._next, None)
 
     def check_end(self) -> None:
         """At the end of the body: a replay that never reached the watermark is a mismatch."""
@@ -775,15 +827,7 @@ class Run:
                 f"the job returned after {self._next} steps, but the record holds "
                 f"{self._rec_done} completed ones",
             )
-        if (self._replay_digest, self._replay_folded) != (self._rec_digest, self._rec_folded):
-            self._mismatch(
-                self._next,
-                None,
-                None,
-                f"the job replayed {self._replay_folded} steps that returned None where the "
-                f"record holds {self._rec_folded}, or their names differ",
-            )
-        self._verified = True
+        self._verify(self._next, None)
 
     def _mismatch(self, n: int, recorded: str | None, called: str | None, detail: str = "") -> None:
         logger.error(
@@ -791,96 +835,147 @@ class Run:
         )
         raise ReplayMismatch(self.key, n, recorded, called, detail)
 
-    def _move(self, n: int, entry: Entry) -> None:
-        # A concurrent step matched by identity at another position: record it here too.
-        with self._lock:
-            self._new.append((n, entry))
-            if n >= self._prog[0] and n not in self._above:
-                self._above.add(n)
-                self._advance()
-            self.dirty = True
-
-    def begin(self, call: StepContext) -> None:
-        inflight = self._inflight
-        if inflight:
-            call.concurrent = True
-            for other in inflight:
-                other.concurrent = True
-        inflight.add(call)
-        self.fast = False
-
-    def end(self, call: StepContext) -> None:
-        self._inflight.discard(call)
-        self._refresh_fast()
-
     def _refresh_fast(self) -> None:
-        self.fast = not self.replaying and not self.finished and not self._inflight
+        self.fast = not self.replaying and not self.finished and not self.forked
 
     def intend(self, call: StepContext) -> None:
         """Note a durable step's intent; the caller then waits for it to be written."""
         with self._lock:
-            self._intents[call.number] = [call.name, call.identity(), call.attempt]
-            self.dirty = True
-
-    def complete(self, call: StepContext, result: Any) -> None:
-        """Record that ``call`` returned ``result`` (encoded now: unencodable fails here)."""
-        n = call.number
-        done, digest, folded = self._prog
-        if n == done and not call.concurrent and not self._above and n not in self._holes:
-            encoded = None if result is None else encode_value(result, f"step {call.name!r} (#{n})")
-            with self._lock if call.sdef.durable else contextlib.nullcontext():
-                if call.sdef.durable:
-                    self._intents.pop(n, None)
-                if result is None:  # only the name digest records it: the head alone is written
-                    self._prog = (n + 1, (digest * _MULT + call.sdef.code) & _MASK, folded + 1)
-                else:
-                    self._new.append((n, [call.name, None, encoded]))
-                    self._prog = (n + 1, digest, folded)
-                self.dirty = True
-            return
-        entry: Entry = [call.name, call.identity() if call.concurrent else None]
-        if result is not None:
-            entry.append(encode_value(result, f"step {call.name!r} (#{n})"))
-        with self._lock:
-            self._new.append((n, entry))
-            self._intents.pop(n, None)
-            self._holes.pop(n, None)
-            if call.concurrent and self._holes:  # it may have raised at another position before
-                for m in [m for m, hole in self._holes.items() if len(hole) > 4 and hole[4] == entry[1]]:
-                    del self._holes[m]
-            self._pending_holes.pop(n, None)
-            if n >= self._prog[0]:
-                self._above.add(n)
-                self._advance()
-            self.dirty = True
-
-    def fail(self, call: StepContext) -> None:
-        """Record that ``call`` raised: it stays to be run again, a hole in the units."""
-        n = call.number
-        with self._lock:
-            self._intents.pop(n, None)
-            if n in self._holes:
-                self._holes[n][3] = call.attempt
-            elif n >= self._prog[0]:
-                ident = call.identity() if call.concurrent else None
-                self._pending_holes[n] = [call.name, call.attempt, ident]
-                self._advance()
-            self.dirty = True
-
-    def _advance(self) -> None:
-        done, digest, folded = self._prog
-        while True:
-            if done in self._above:
-                self._above.discard(done)
-            elif done in self._pending_holes:
-                name, attempt, ident = self._pending_holes.pop(done)
-                self._holes[done] = [name, format(digest, "x"), folded, attempt]
-                if ident is not None:
-                    self._holes[done].append(ident)
+            if call.label is not None:
+                self._intents["~" + call.label] = [call.name, 0, call.attempt]
             else:
-                break
-            done += 1
-        self._prog = (done, digest, folded)
+                self._intents[str(call.number)] = [call.name, call.acode, call.attempt]
+            self.dirty = True
+
+    def complete_own(self, sdef: StepDef, n: int, acode: int, result: Any, durable: bool = False) -> None:
+        """Record that the job's own step ``n`` returned ``result``.
+
+        The result is encoded to its JSON text now: a copy, so that the body changing
+        the returned object later changes nothing recorded, and a value that cannot be
+        saved fails here, naming the step.
+        """
+        after_fail = self._last_fail is not None and self._last_fail == (sdef.name, acode)
+        self._last_fail = None
+        text = None
+        if result is not None:
+            text = encode_text(result, f"step {sdef.name!r} (#{n})", self.key)
+        done, digest, folded = self._prog
+        with self._lock if durable else contextlib.nullcontext():
+            if durable:
+                self._intents.pop(str(n), None)
+            if n < done:  # a step that raised before the restart, run again: it completed now
+                self._holes.pop(n, None)
+                self._new.append((str(n), entry_text(sdef.name, acode, text)))
+            elif text is None and not after_fail:  # only the digest records it: no per-step space
+                code = sdef.code
+                self._counts[code] = self._counts.get(code, 0) + 1
+                self._prog = (n + 1, (digest * _MULT + (code ^ acode)) & _MASK, folded + 1)
+            else:
+                # After a failed attempt of the same call, even a None result is an entry:
+                # replay then hands it to the retried call instead of running it again.
+                self._new.append((str(n), entry_text(sdef.name, acode, text)))
+                self._prog = (n + 1, digest, folded)
+            self.dirty = True
+
+    def fail_own(self, sdef: StepDef, n: int, acode: int, attempt: int) -> None:
+        """Record that the job's own step ``n`` raised: it stays to be run again, a hole."""
+        with self._lock:
+            self._intents.pop(str(n), None)
+            done, digest, folded = self._prog
+            if n in self._holes:
+                self._holes[n][3] = attempt
+            elif n >= done:
+                self._holes[n] = [sdef.name, format(digest, "x"), folded, attempt, acode]
+                self._prog = (n + 1, digest, folded)
+            self._last_fail = (sdef.name, acode)
+            self.dirty = True
+
+    # -- concurrent calls -------------------------------------------------------------
+
+    def claim(self, call: StepContext) -> Any:
+        """Give a concurrent call its identity and occurrence: its recorded result, or ``_NEW``.
+
+        Equal calls (same step, same arguments) are interchangeable: the first ``k`` of
+        them on replay take the ``k`` recorded completions, in whatever order they come.
+        """
+        sdef = call.sdef
+        ident, opaque = sdef.identity(call.func, call.instance, call.args, call.kwargs)
+        call.concurrent = True
+        with self._lock:
+            if opaque:
+                self._check_opaque(ident, opaque, sdef)
+            taken = self._claimed.setdefault(ident, set())
+            slot = 0
+            while slot in taken:
+                slot += 1
+            taken.add(slot)
+            label = f"{ident}#{slot}"
+            call.label = label
+            entry = self._rec_conc.get(label)
+            if entry is not None:
+                if entry[0] != sdef.name:
+                    self._mismatch(-1, entry[0], sdef.name)
+                self.replayed += 1
+            else:
+                failed = self._failed.get(label)
+                intent = self._rec_intents.pop("~" + label, None)
+                if failed is not None:
+                    call.attempt = max(call.attempt, int(failed[1]) + 1)
+                if intent is not None:
+                    call.attempt = max(call.attempt, int(intent[2]) + 1)
+                self._inflight += 1
+                return _NEW
+        return self._decode(entry)
+
+    def _check_opaque(self, ident: str, opaque: list[Any], sdef: StepDef) -> None:
+        ids = tuple(id(o) for o in opaque)
+        seen = self._opaque.get(ident)
+        if seen is None:
+            self._opaque[ident] = (ids, opaque)  # kept alive, so an id is never reused
+            return
+        if seen[0] != ids:
+            kinds = sorted({type(o).__qualname__ for o in opaque})
+            logger.error("ambiguous concurrent call", key=self.key, step=sdef.name, opaque=kinds)
+            raise AmbiguousCall(
+                self.key,
+                -1,
+                None,
+                None,
+                f"the step {sdef.name!r} is called from concurrent tasks or threads with arguments "
+                f"that differ only in objects resumable cannot identify ({', '.join(kinds)}); no "
+                "restart could tell which recorded result is whose. Give the step key= "
+                "(a format string over its parameters, or a callable), or pass plain data or a "
+                "dataclass of plain data that names the call",
+            )
+
+    def complete_concurrent(self, call: StepContext, result: Any) -> None:
+        """Record that a concurrent call returned ``result`` (encoded now)."""
+        text = None
+        if result is not None:
+            text = encode_text(result, f"step {call.name!r} (call {call.label})", self.key)
+        label = call.label
+        assert label is not None
+        entry = entry_text(call.name, 0, text)
+        with self._lock:
+            self._inflight -= 1
+            self._intents.pop("~" + label, None)
+            self._failed.pop(label, None)
+            self._new.append(("~" + label, entry))
+            self.dirty = True
+
+    def fail_concurrent(self, call: StepContext) -> None:
+        """A concurrent call raised: its occurrence is free again, for its retry."""
+        label = call.label
+        assert label is not None
+        ident, _, slot = label.partition("#")
+        with self._lock:
+            self._inflight -= 1
+            self._intents.pop("~" + label, None)
+            self._claimed.get(ident, set()).discard(int(slot))
+            self._failed[label] = [call.name, call.attempt]
+            self.dirty = True
+
+    # -- generator items --------------------------------------------------------------
 
     def carried_items(self) -> list[Any]:
         """The items saved with the last resume point that a sink has yet to receive."""
@@ -893,7 +988,7 @@ class Run:
 
         ``carry`` is what remains of the saved items, still to be pushed.
         """
-        encoded = json.loads(json.dumps(encode_value(carry, "items held for the sink"))) if carry else None
+        encoded = json.loads(encode_text(carry, "items held for the sink", self.key)) if carry else None
         with self._lock:
             done, count = self.item_prog
             self.item_prog = (done + new, (count or 0) + new + carried)
@@ -915,7 +1010,7 @@ class Run:
                 f"the job declared a resume point after yielding {self.item_next} items, but "
                 f"the record holds {self.rec_items} consumed items since the last one",
             )
-        if self.replaying and self._next < self._replay_until:
+        if self.replaying and self._next < self._rec_done:
             self._mismatch(
                 self._next,
                 None,
@@ -923,47 +1018,40 @@ class Run:
                 f"the job declared a resume point after {self._next} steps, but the record "
                 f"holds {self._rec_done} completed steps since the last one",
             )
-        if not self._verified and (self._replay_digest, self._replay_folded) != (
-            self._rec_digest,
-            self._rec_folded,
-        ):
-            self._mismatch(
-                self._next,
-                None,
-                None,
-                f"at the resume point the job had replayed {self._replay_folded} steps that "
-                f"returned None where the record holds {self._rec_folded}, or their names differ",
-            )
+        self._verify(self._next, None)
         carry: list[Any] = []
         for hook in self.resume_point_hooks:
             carry.extend(hook())  # items a sink feed holds: saved so none is left behind
-        carry_encoded = (
-            json.loads(json.dumps(encode_value(carry, "items held for the sink"))) if carry else None
-        )
+        carry_encoded = json.loads(encode_text(carry, "items held for the sink", self.key)) if carry else None
         merged = dict(self.restart_args() or {})
         merged.update(bound_update)
-        args = encode_value(merged, "restart_with() arguments")
-        state = encode_value(self.state, "state()")
-        args = json.loads(json.dumps(args))
-        state = json.loads(json.dumps(state))
-        with self._lock:
+        args = json.loads(encode_text(merged, "restart_with() arguments", self.key))
+        state = json.loads(encode_text(self.state, "state()", self.key))
+        # The switch is all or nothing: a Ctrl-C that arrives during it waits until it is done.
+        with _signals.deferred(), self._lock:
             old = [(self.epoch, chunk_key(self.key, self.epoch, i)) for i in range(self._chunk_index + 1)]
             self.epoch += 1
             self._args_encoded = args
             self._state_encoded = state
             self._prog = (0, 0, 0)
-            self._above = set()
+            self._counts = {}
             self._holes = {}
-            self._pending_holes = {}
+            self._failed = {}
+            self._last_fail = None
             self._intents = {}
             self._new = []
             self._flushed_new = 0
             self._next = 0
+            self._claimed = {}
+            self._opaque = {}
+            self._rec_done = 0
+            self._rec_own = {}
+            self._rec_conc = {}
+            self._rec_holes = {}
+            self._rec_intents = {}
             self.replaying = False
-            self._refresh_fast()
             self._verified = True
-            self._ident_index = {}
-            self._hole_idents = {}
+            self._refresh_fast()
             self._chunk_index = 0
             self._chunk = {}
             self._stale_chunks.extend(old)
@@ -1018,6 +1106,34 @@ class _Signals:
         self.owners: set[int] = set()  # threads that run a job now
         self.previous: dict[int, Any] = {}
         self.mutex = threading.Lock()
+        self.depth = 0  # critical sections the main thread is in: signals wait for their end
+        self.pending: list[tuple[int, Any]] = []
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """A critical section: a signal that arrives in it is handled when it ends."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+            if not self.depth and self.pending:
+                signum, frame = self.pending[0]
+                self.pending.clear()
+                self.handle(signum, frame)
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's runs are not the child's to write or release."""
+        for run in self.runs:
+            run.after_fork()
+        self.runs = []
+        self.owners = set()
+        self.mutex = threading.Lock()
+        self.depth = 0
+        self.pending = []
 
     def enter(self, run: Run) -> None:
         with self.mutex:
@@ -1040,6 +1156,9 @@ class _Signals:
                 self.previous = {}
 
     def handle(self, signum: int, frame: Any) -> None:
+        if self.depth and threading.current_thread() is threading.main_thread():
+            self.pending.append((signum, frame))
+            return
         for run in list(self.runs):
             run.write_now_if_safe()
         logger.info("signal received; progress written", signal=signal.Signals(signum).name)
@@ -1054,6 +1173,7 @@ class _Signals:
 
 
 _signals = _Signals()
+os.register_at_fork(after_in_child=_signals.after_fork)
 
 
 def active_runs() -> int:

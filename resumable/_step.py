@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import threading
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar, overload
@@ -11,17 +12,18 @@ from typing import Any, ParamSpec, TypeVar, overload
 import wrapt
 
 from resumable._log import logger
+from resumable._ident import args_code
 from resumable._run import (
     _MASK,
     _MULT,
     _NEW,
     _RUN,
-    _SLOW,
     _STEP,
     STEP_HOOKS,
     Run,
     StepContext,
     StepDef,
+    _Hole,
     _signals,
 )
 
@@ -30,7 +32,7 @@ __all__ = ["checkpoint"]
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_warned_threads: set[str] = set()
+_warned_threads: set[Any] = set()
 _warn_lock = threading.Lock()
 
 
@@ -108,11 +110,74 @@ def _notify(event: str, call: StepContext) -> None:
         hook(event, call)
 
 
-def _run_sync(run: Run, call: StepContext, wrapped: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-    durable = call.sdef.durable
-    run.begin(call)
+def _unrecorded(run: Run, sdef: StepDef) -> bool:
+    """A step in a process forked from the run's: it runs, unrecorded (the record is the parent's)."""
+    if run.forked:
+        with _warn_lock:
+            if ("fork", sdef.name) not in _warned_threads:
+                _warned_threads.add(("fork", sdef.name))
+                logger.warning(
+                    "step called in a process forked inside a run: it runs, unrecorded; only the "
+                    "run's own process records its steps",
+                    step=sdef.name,
+                    pid=os.getpid(),
+                )
+        return True
+    return False
+
+
+def _own_sync(
+    run: Run, sdef: StepDef, wrapped: Callable[..., Any], args: Any, kwargs: Any
+) -> Any:
+    """The job's own sync step off the fast path: replaying, durable, or after the run."""
+    n = run._next
+    run._next = n + 1
+    acode = args_code(args, kwargs)
+    attempt = 1
+    if run.replaying:
+        out = run.replay_own(sdef, n, acode)
+        if out is _NEW:
+            pass
+        elif type(out) is _Hole:
+            attempt = out.attempt
+        else:
+            return out
+    call = run.make_call(sdef, n, wrapped, args, kwargs, acode)
+    call.attempt = attempt
+    durable = sdef.durable
+    if durable:
+        run.intend(call)
+        run.flush()
+    if STEP_HOOKS:
+        _notify("before", call)
+    token = _STEP.set(call)
+    run.own_busy = True
     try:
-        if durable:
+        result = wrapped(*args, **kwargs)
+    except BaseException:
+        run.own_busy = False
+        run.fail_own(sdef, n, acode, call.attempt)
+        raise
+    finally:
+        _STEP.reset(token)
+    run.own_busy = False
+    run.complete_own(sdef, n, acode, result, durable)
+    if STEP_HOOKS:
+        _notify("after", call)
+    if durable:
+        run.flush()
+    return result
+
+
+def _concurrent_sync(
+    run: Run, sdef: StepDef, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
+) -> Any:
+    call = StepContext(run, sdef, -1, wrapped, args, kwargs, 0, instance)
+    out = run.claim(call)
+    if out is not _NEW:
+        return out
+    try:
+        if sdef.durable:
             run.intend(call)
             run.flush()
         if STEP_HOOKS:
@@ -123,25 +188,133 @@ def _run_sync(run: Run, call: StepContext, wrapped: Callable[..., Any], args: An
         finally:
             _STEP.reset(token)
     except BaseException:
-        run.fail(call)
-        run.end(call)
+        run.fail_concurrent(call)
         raise
-    run.end(call)
-    run.complete(call, result)
+    run.complete_concurrent(call, result)
     if STEP_HOOKS:
         _notify("after", call)
-    if durable:
+    if sdef.durable:
         run.flush()
     return result
 
 
-async def _run_async(run: Run, call: StepContext, wrapped: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-    durable = call.sdef.durable
-    run.begin(call)
-    try:
+def _make_sync(sdef: StepDef) -> Callable[..., Any]:
+    durable = sdef.durable
+    code = sdef.code
+    get_ident = threading.get_ident
+    current_task = asyncio.current_task
+
+    def step(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        run = _RUN.get()
+        if run is None:
+            if _signals.owners:
+                _outside(sdef)
+            return wrapped(*args, **kwargs)
+        owner = get_ident() == run._owner and (run.main_task is None or current_task() is run.main_task)
+        if (owner and run.sync_n >= 0) or _STEP.get() is not None:
+            return wrapped(*args, **kwargs)  # nested in another step
+        if owner and run.fast and not durable:
+            # The fast path: the job's own plain step, not replaying.
+            n = run._next
+            run._next = n + 1
+            acode = 0 if not args and not kwargs else args_code(args, kwargs)
+            if STEP_HOOKS:
+                _notify("before", run.make_call(sdef, n, wrapped, args, kwargs, acode))
+            run.sync_sdef = sdef
+            run.sync_n = n
+            try:
+                result = wrapped(*args, **kwargs)
+            except BaseException:
+                run.sync_n = -1
+                run.fail_own(sdef, n, acode, 1)
+                raise
+            run.sync_n = -1
+            if result is None and run._last_fail is None:
+                counts = run._counts  # counted before _prog moves: a write never sees it behind
+                counts[code] = counts.get(code, 0) + 1
+                done, digest, folded = run._prog
+                run._prog = (n + 1, (digest * _MULT + (code ^ acode)) & _MASK, folded + 1)
+                run.dirty = True
+            else:
+                run.complete_own(sdef, n, acode, result)
+            if STEP_HOOKS:
+                _notify("after", run.make_call(sdef, n, wrapped, args, kwargs, acode))
+            return result
+        if run.finished or (run.forked and _unrecorded(run, sdef)):
+            return wrapped(*args, **kwargs)  # after the run, or in a forked child
+        if owner:
+            return _own_sync(run, sdef, wrapped, args, kwargs)
+        return _concurrent_sync(run, sdef, wrapped, instance, args, kwargs)
+
+    return step
+
+
+def _make_async(sdef: StepDef) -> Callable[..., Any]:
+    durable = sdef.durable
+
+    async def step(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        run = _RUN.get()
+        if run is None:
+            if _signals.owners:
+                _outside(sdef)
+            return await wrapped(*args, **kwargs)
+        if run.finished or _STEP.get() is not None or (run.forked and _unrecorded(run, sdef)):
+            return await wrapped(*args, **kwargs)  # nested in another step, or after the run
+        if not run.is_owner():
+            return await _concurrent_async(run, sdef, wrapped, instance, args, kwargs)
+        if run.sync_n >= 0:
+            return await wrapped(*args, **kwargs)  # nested in a sync step
+        n = run._next
+        run._next = n + 1
+        acode = 0 if not args and not kwargs else args_code(args, kwargs)
+        attempt = 1
+        if run.replaying:
+            out = run.replay_own(sdef, n, acode)
+            if out is _NEW:
+                pass
+            elif type(out) is _Hole:
+                attempt = out.attempt
+            else:
+                return out
+        call = run.make_call(sdef, n, wrapped, args, kwargs, acode)
+        call.attempt = attempt
         if durable:
             run.intend(call)
-            await run.flush_async()
+            await run.aflush()
+        if STEP_HOOKS:
+            _notify("before", call)
+        token = _STEP.set(call)
+        run.own_busy = True
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException:
+            run.own_busy = False
+            run.fail_own(sdef, n, acode, call.attempt)
+            raise
+        finally:
+            _STEP.reset(token)
+        run.own_busy = False
+        run.complete_own(sdef, n, acode, result, durable)
+        if STEP_HOOKS:
+            _notify("after", call)
+        if durable:
+            await run.aflush()
+        return result
+
+    return step
+
+
+async def _concurrent_async(
+    run: Run, sdef: StepDef, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
+) -> Any:
+    call = StepContext(run, sdef, -1, wrapped, args, kwargs, 0, instance)
+    out = run.claim(call)
+    if out is not _NEW:
+        return out
+    try:
+        if sdef.durable:
+            run.intend(call)
+            await run.aflush()
         if STEP_HOOKS:
             _notify("before", call)
         token = _STEP.set(call)
@@ -150,99 +323,14 @@ async def _run_async(run: Run, call: StepContext, wrapped: Callable[..., Any], a
         finally:
             _STEP.reset(token)
     except BaseException:
-        run.fail(call)
-        run.end(call)
+        run.fail_concurrent(call)
         raise
-    run.end(call)
-    run.complete(call, result)
+    run.complete_concurrent(call, result)
     if STEP_HOOKS:
         _notify("after", call)
-    if durable:
-        await run.flush_async()
+    if sdef.durable:
+        await run.aflush()
     return result
-
-
-def _make_sync(sdef: StepDef) -> Callable[..., Any]:
-    durable = sdef.durable
-    code = sdef.code
-    get_ident = threading.get_ident
-
-    def step(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        run = _RUN.get()
-        if run is None:
-            if _signals.owners:
-                _outside(sdef)
-            return wrapped(*args, **kwargs)
-        owner = get_ident() == run._owner
-        if (owner and run.sync_n >= 0) or _STEP.get() is not None:
-            return wrapped(*args, **kwargs)  # nested in another step
-        if owner and run.fast and not durable:
-            # The fast path: a plain step alone on the run's thread, not replaying.
-            n = run._next
-            run._next = n + 1
-            if STEP_HOOKS:
-                _notify("before", run.make_call(sdef, n, wrapped, args, kwargs, owner))
-            run.sync_sdef = sdef
-            run.sync_n = n
-            try:
-                result = wrapped(*args, **kwargs)
-            except BaseException:
-                run.sync_n = -1
-                run.fail(run.make_call(sdef, n, wrapped, args, kwargs, owner))
-                raise
-            run.sync_n = -1
-            done, digest, folded = run._prog
-            if result is None and n == done and not run._above and not run._holes:
-                run._prog = (n + 1, (digest * _MULT + code) & _MASK, folded + 1)
-                run.dirty = True
-            else:
-                run.complete_quick(sdef, n, result, wrapped, args, kwargs)
-            if STEP_HOOKS:
-                _notify("after", run.make_call(sdef, n, wrapped, args, kwargs, owner))
-            return result
-        if run.finished:
-            return wrapped(*args, **kwargs)  # after the run
-        n = run.number(owner)
-        if run.replaying:
-            out = run.replay_quick(sdef, n)
-            if out is not _SLOW:
-                return out
-            call = run.make_call(sdef, n, wrapped, args, kwargs, owner)
-            out = run.replay(call)
-            if out is not _NEW:
-                return out
-            return _run_sync(run, call, wrapped, args, kwargs)
-        call = run.make_call(sdef, n, wrapped, args, kwargs, owner)
-        return _run_sync(run, call, wrapped, args, kwargs)
-
-    return step
-
-
-def _make_async(sdef: StepDef) -> Callable[..., Any]:
-    async def step(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        run = _RUN.get()
-        if run is None:
-            if _signals.owners:
-                _outside(sdef)
-            return await wrapped(*args, **kwargs)
-        owner = threading.get_ident() == run._owner
-        if (owner and run.sync_n >= 0) or run.finished or _STEP.get() is not None:
-            return await wrapped(*args, **kwargs)  # nested in another step, or after the run
-        n = run.number(owner)
-        if run.replaying:
-            out = run.replay_quick(sdef, n)
-            if out is not _SLOW:
-                return out
-        call = run.make_call(sdef, n, wrapped, args, kwargs, owner)
-        if asyncio.current_task() is not run.main_task:
-            call.concurrent = True  # started by another task: its order may change on resume
-        if run.replaying:
-            out = run.replay(call)
-            if out is not _NEW:
-                return out
-        return await _run_async(run, call, wrapped, args, kwargs)
-
-    return step
 
 
 @overload

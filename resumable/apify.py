@@ -305,7 +305,7 @@ class ApifyStore(Store):
 
         async def write(reason: str) -> None:
             started = time.monotonic()
-            await run.flush_async()
+            await run.aflush()
             logger.info(
                 "progress written on a platform event",
                 key=run.key,

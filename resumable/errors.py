@@ -9,6 +9,7 @@ be imported from anywhere without cycles. Errors raised by a store back end (an
 from __future__ import annotations
 
 __all__ = [
+    "AmbiguousCall",
     "CheckpointCorrupted",
     "NotSerializable",
     "ReplayMismatch",
@@ -72,9 +73,12 @@ class ReplayMismatch(ResumableError):
         self.position = position
         self.recorded = recorded
         self.called = called
-        where = f"run {key!r}, step {position}"
+        self.detail = detail
+        where = f"run {key!r}, step {position}" if position >= 0 else f"run {key!r}"
         if recorded is not None or called is not None:
             what = f"the record holds {recorded!r} but the job called {called!r}"
+            if detail:
+                what += f" ({detail})"
         else:
             what = detail
         super().__init__(
@@ -82,6 +86,17 @@ class ReplayMismatch(ResumableError):
             "the same order on resume. If the code changed on purpose, start the run "
             "over with reset() or `resumable reset`."
         )
+
+
+class AmbiguousCall(ReplayMismatch):
+    """Concurrent calls of a step that differ only in objects resumable cannot identify.
+
+    Calls from other tasks and threads are matched on resume by their arguments. When
+    two of them differ only in an object that has no stable identity (a lock, a client
+    holding sockets), no restart can tell which recorded result belongs to which, so
+    the call is refused before it runs. Give the step ``key=``, or pass plain data (or a
+    dataclass of plain data) that names the call.
+    """
 
 
 class RunLocked(ResumableError):

@@ -411,7 +411,7 @@ class SinkFeed:
     async def astart(self) -> None:
         assert self.sink is not None
         if self._reconcile(await self.sink.acount()):
-            await self.run.flush_async()
+            await self.run.aflush()
 
     def hold(self) -> list[Any]:
         """At a resume point: everything taken and not pushed becomes the carry."""
@@ -429,7 +429,16 @@ class SinkFeed:
                 self._commit_skips()
             return False
         self.buffer.append(item)
-        return len(self.buffer) >= self.binding.batch_size
+        # While replay has not reached the recorded steps, new items wait in the buffer:
+        # a job whose replay goes wrong raises ReplayMismatch before anything new lands.
+        return len(self.buffer) >= self.binding.batch_size and self.run.may_do_new_work()
+
+    def safe_to_push(self) -> bool:
+        """Tell whether what is held may be pushed now, as a run ends on an exception."""
+        try:
+            return bool(self.run.may_do_new_work())
+        except ResumableError:
+            return False
 
     def _pushed(self, n: int, carried: int) -> None:
         self.run.items_advance(n - carried + self.skipped_new, carried + self.skipped_carry, [])
