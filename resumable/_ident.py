@@ -6,7 +6,8 @@ it is computed from values, never from ``hash()`` (salted per process), ``id()``
 keys), dataclasses and objects whose attributes are themselves describable are given
 by value; functions, classes and modules by their qualified names. What cannot be
 described (a lock, a socket, a client holding them) is *opaque*: it is named by its
-type only, and the caller learns which objects were opaque, so that two calls that
+type only (a class can say what identifies its instances with a method
+``__resumable_key__(self)`` returning plain data), and the caller learns which objects were opaque, so that two calls that
 differ only in an opaque object can be refused instead of being told apart by guess.
 
 `args_code` is the cheap change detector of the job's own steps (matched by position):
@@ -28,7 +29,7 @@ import wrapt
 
 from resumable._keys import NotPlain, canonical
 
-__all__ = ["Description", "args_code", "call_digest", "describe"]
+__all__ = ["Description", "args_code", "call_digest", "closure_identity", "describe"]
 
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 _MAX_DEPTH = 12
@@ -113,6 +114,11 @@ def _walk(value: Any, out: Description, depth: int, seen: set[int]) -> None:
         out.parts.append(f"<method {value.__func__.__qualname__}>")
         _walk(value.__self__, out, depth + 1, seen)
         return
+    hook = getattr(kind, "__resumable_key__", None)
+    if hook is not None:
+        out.parts.append(f"{kind.__module__}.{kind.__qualname__}=")
+        _walk(hook(value), out, depth + 1, seen)
+        return
     if isinstance(value, wrapt.ObjectProxy):
         _walk(value.__wrapped__, out, depth, seen)  # a decorated function: the one it wraps
         return
@@ -161,8 +167,33 @@ def code_text(code: types.CodeType) -> str:
                 consts.append(repr(const))
             except ValueError:
                 consts.append("?")
-    text = f"{code.co_name}|{code.co_firstlineno}|{code.co_code.hex()}|{code.co_names}|{consts}"
+    # No line numbers: a job keeps its identity when code above it moves.
+    text = f"{code.co_name}|{code.co_code.hex()}|{code.co_names}|{code.co_varnames}|{consts}"
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
+def closure_identity(func: Any) -> tuple[str, list[Any]]:
+    """What tells apart functions made by one factory (or lambdas in one scope).
+
+    A digest of the function's code (lambdas only: they share one qualified name) and
+    of the values it captures; and the captured objects that have no stable identity.
+    """
+    target = getattr(func, "__func__", func)
+    code = getattr(target, "__code__", None)
+    out = Description()
+    if code is not None and "<lambda>" in getattr(target, "__qualname__", ""):
+        out.parts.append(code_text(code))
+    for name, cell in zip(
+        getattr(code, "co_freevars", ()), getattr(target, "__closure__", None) or (), strict=False
+    ):
+        out.parts.append(name)
+        try:
+            value = cell.cell_contents
+        except ValueError:  # not assigned yet
+            out.parts.append("<empty>")
+            continue
+        _walk(value, out, 0, set())
+    return out.digest(), out.opaque
 
 
 def describe(*values: Any) -> Description:

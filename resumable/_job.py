@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import inspect
 import string
@@ -13,6 +14,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 import tenacity
 
 from resumable import _config
+from resumable._ident import closure_identity, describe
 from resumable._keys import bind_arguments, digest_texts, format_key, make_key, plain_arguments, signature_of
 from resumable._log import logger
 from resumable._record import (
@@ -242,12 +244,53 @@ class JobDef:
         self.ignore = ignore
         target = func.__func__ if isinstance(func, classmethod | staticmethod) else func
         self.params = set(signature_of(target).parameters)
+        self.key_name = self.name
+        if key is None and ("<lambda>" in self.name or "<locals>" in self.name):
+            # Lambdas share one qualified name, and so do the functions one factory
+            # makes: their code (lambdas) and what they capture tell them apart.
+            ident, opaque = closure_identity(target)
+            if opaque:
+                kinds = ", ".join(sorted({type(o).__qualname__ for o in opaque}))
+                raise TypeError(
+                    f"the job {self.name} is defined inside a function and captures objects "
+                    f"resumable cannot identify ({kinds}): two such jobs could share run keys. "
+                    "Give it key= (a format string over its parameters, or a callable), or "
+                    "define it at module level"
+                )
+            self.key_name = f"{self.name}@{ident[:8]}"
 
-    def key_for(self, bound: inspect.BoundArguments) -> str:
+    def key_for(self, bound: inspect.BoundArguments, owner: Any = None) -> str:
+        """The run key of a call: ``key=``, or the job's name and a digest of its arguments.
+
+        The digest covers the plain-data arguments, dataclasses of plain data, and the
+        instance (or class) of a method job: ``Account("acme").export()`` and
+        ``Account("globex").export()`` are two runs.
+        """
         if self.key is not None:
             return format_key(self.key, bound)
         plain = plain_arguments(bound, self.ignore)
-        return make_key(f"{self.name}-{digest_texts(plain)}")
+        for name, value in bound.arguments.items():
+            if name in plain or name in self.ignore:
+                continue
+            if name in ("self", "cls"):
+                owner = value if owner is None else owner
+                continue
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                desc = describe(value)
+                if not desc.opaque:
+                    plain[name] = "dataclass:" + desc.digest()
+        if owner is not None and not ({"self", "cls"} & set(self.ignore)):
+            desc = describe(owner)
+            if desc.opaque:
+                kinds = ", ".join(sorted({type(o).__qualname__ for o in desc.opaque}))
+                raise TypeError(
+                    f"the job {self.name} is a method of {type(owner).__qualname__}, whose state "
+                    f"resumable cannot identify ({kinds}): calls on two such objects could share "
+                    "one run. Give the job key= (say key='export-{self.name}'), or "
+                    "ignore=('self',) if every instance is the same job"
+                )
+            plain["\x00self"] = desc.digest()
+        return make_key(f"{self.key_name}-{digest_texts(plain)}")
 
     def begin(
         self,
@@ -259,7 +302,7 @@ class JobDef:
     ) -> tuple[Run, inspect.BoundArguments] | _Finished:
         """Find or create the run of this call: lock it, load its record, start it."""
         bound = bind_arguments(wrapped, None, args, kwargs)
-        key = self.key_for(bound)
+        key = self.key_for(bound, getattr(wrapped, "__self__", None))
         store = _config.resolve_store(self.store)
         lock = _take_lock(store, key)
         try:
@@ -316,7 +359,7 @@ class JobDef:
     def end_ok(run: Run, result: Any) -> None:
         try:
             run.check_end()
-            encoded = encode_value(result, f"job {run.job!r}")
+            encoded = encode_value(result, f"job {run.job!r}", run.key)
         except BaseException as exc:
             JobDef.end_error(run, exc)
             raise
@@ -452,7 +495,9 @@ class _BoundJobProxy(_BoundProxy):
     def key_for(self, *args: Any, **kwargs: Any) -> str:
         """Return the run key that calling the job with these arguments uses."""
         job: JobDef = self._self_parent._self_job
-        return job.key_for(bind_arguments(self.__wrapped__, None, args, kwargs))
+        return job.key_for(
+            bind_arguments(self.__wrapped__, None, args, kwargs), getattr(self.__wrapped__, "__self__", None)
+        )
 
     def reset(self, *args: Any, **kwargs: Any) -> bool:
         """Forget the run that these arguments name (see `_JobProxy.reset`)."""

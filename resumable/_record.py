@@ -150,6 +150,14 @@ def encode_text(value: Any, what: str, bind: str = "") -> str:
         return canonical_json(pickled)
 
 
+def resign(data: bytes, bind: str) -> str:
+    """The HMAC of pickled ``data`` for run ``bind`` (``RESUMABLE_SECRET`` must be set)."""
+    secret = _secret()
+    if secret is None:
+        raise _BadValue(f"a pickled value is signed, but {SECRET_ENV} is not set to check it")
+    return _mac(secret, bind, data)
+
+
 class _BadValue(Exception):
     pass
 

@@ -28,11 +28,16 @@ from resumable._record import (
     FORMAT,
     Entry,
     Head,
+    _BadValue,
+    canonical_json,
     check_decode,
     chunk_key,
     dump_chunk,
     dump_head,
+    entry_text,
     is_auxiliary,
+    resign,
+    verify_value,
 )
 from resumable._run import _CHUNK_ENTRIES
 from resumable.errors import CheckpointCorrupted, RunLocked
@@ -47,7 +52,7 @@ EXIT_CORRUPT = 3
 EXIT_REFUSED = 4
 
 EXPORT_FORMAT = "resumable-export"
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2
 
 _EXIT_CODES = """\b
 Exit codes:
@@ -175,7 +180,7 @@ class _View:
     key: str
     status: str  # running | interrupted | finished | corrupt
     head: Head | None = None
-    entries: dict[int, Entry] = field(default_factory=dict)
+    entries: dict[str, Entry] = field(default_factory=dict)
     reason: str | None = None
     version: int | None = None
     raw: bytes | None = None
@@ -198,7 +203,7 @@ def _inspect(store: Store, key: str, chunks: list[str] | None = None) -> _View |
     found with one listing per key when not given.
     """
     head: Head | None = None
-    entries: dict[int, Entry] = {}
+    entries: dict[str, Entry] = {}
     reason: str | None = None
     for _ in range(3):
         reads = _Reads(store)
@@ -407,7 +412,7 @@ def _list_row(view: _View) -> dict[str, Any]:
         "reason": view.reason,
         "epoch": head.epoch if head else None,
         "units_done": head.done if head else None,
-        "units_above": len(head.above) if head else None,
+        "calls_done": sum(1 for k in view.entries if k.startswith("~")) if head else None,
         "items_done": _items_done(head) if head else None,
         "resume_point": _shown(head.args) if head else None,
         "updated": head.updated if head else None,
@@ -424,8 +429,8 @@ def _list_row(view: _View) -> dict[str, Any]:
 def list_runs(ctx: click.Context, as_json: bool) -> None:
     """List the runs in the store, one line each.
 
-    Columns: key, job, status, units done in the current epoch (+N completed above the
-    watermark), items consumed (generator jobs, over all epochs), resume point, last
+    Columns: key, job, status, units done in the current epoch (the job's own steps,
+    +N concurrent calls completed), items consumed (generator jobs, over all epochs), resume point, last
     write (UTC), record size (head and chunks), and a note: the reason a record is
     corrupt, or the error that ended the last attempt. A corrupt record is listed,
     never fatal: the exit code stays 0.
@@ -442,8 +447,8 @@ def list_runs(ctx: click.Context, as_json: bool) -> None:
     lines = [header]
     for row in rows:
         units = "-" if row["units_done"] is None else str(row["units_done"])
-        if row["units_above"]:
-            units += f"+{row['units_above']}"
+        if row["calls_done"]:
+            units += f"+{row['calls_done']}"
         note = row["reason"] or row["error"] or ""
         lines.append(
             (
@@ -495,7 +500,6 @@ def _show_data(view: _View, store: Store, unpickle: bool) -> dict[str, Any]:
             "attempts": head.attempts,
             "epoch": head.epoch,
             "watermark": head.done,
-            "above": head.above,
             "folded": head.folded,
             "digest": head.digest,
             "items": head.items,
@@ -504,21 +508,21 @@ def _show_data(view: _View, store: Store, unpickle: bool) -> dict[str, Any]:
             "state": shown(head.state),
             "steps": [
                 {
-                    "position": n,
+                    "position": _position(n),
                     "name": entry[0],
-                    "identity": entry[1],
+                    "args": entry[1],
                     "result_size": _encoded_size(entry[2]) if len(entry) > 2 else None,
                     **({"result": shown(entry[2])} if len(entry) > 2 else {}),
                 }
-                for n, entry in sorted(view.entries.items())
+                for n, entry in sorted(view.entries.items(), key=_order)
             ],
             "holes": [
-                {"position": int(n), "name": hole[0], "attempts": hole[3]}
-                for n, hole in sorted(head.holes.items(), key=lambda kv: int(kv[0]))
+                {"position": _position(n), "name": hole[0], "attempts": hole[-1 if n[0] == "~" else 3]}
+                for n, hole in sorted(head.holes.items(), key=_order)
             ],
             "intents": [
-                {"position": int(n), "name": intent[0], "identity": intent[1], "attempt": intent[2]}
-                for n, intent in sorted(head.intents.items(), key=lambda kv: int(kv[0]))
+                {"position": _position(n), "name": intent[0], "args": intent[1], "attempt": intent[2]}
+                for n, intent in sorted(head.intents.items(), key=_order)
             ],
             "result": shown(head.result) if head.status == "finished" else None,
             "error": head.error,
@@ -526,6 +530,17 @@ def _show_data(view: _View, store: Store, unpickle: bool) -> dict[str, Any]:
         }
     )
     return data
+
+
+def _order(item: tuple[str, Any]) -> tuple[int, int, str]:
+    """The job's own steps by position, then concurrent calls by label."""
+    n = item[0]
+    return (1, 0, n) if n.startswith("~") else (0, int(n), "")
+
+
+def _position(n: str) -> int | str:
+    """A unit number for the job's own steps; ``IDENT#SLOT`` for a concurrent call."""
+    return n[1:] if n.startswith("~") else int(n)
 
 
 def _confirm(question: str) -> bool:
@@ -596,8 +611,9 @@ def _print_show(data: dict[str, Any]) -> None:
     line("updated", _when(data["updated"]))
     line("attempts", data["attempts"])
     line("epoch", f"{data['epoch']} (resume points declared)")
-    above = f", and {', '.join(map(str, data['above']))} above it" if data["above"] else ""
-    line("watermark", f"{data['watermark']} units done{above}")
+    calls = sum(1 for step in data["steps"] if isinstance(step["position"], str))
+    more = f", and {calls} concurrent call(s)" if calls else ""
+    line("watermark", f"{data['watermark']} of the job's own steps done{more}")
     items = data["items"]
     if data["items_done"] or items.get("sink") is not None or items.get("carry") is not None:
         text = f"{data['items_done']} consumed ({items.get('before', 0)} before this epoch)"
@@ -612,18 +628,19 @@ def _print_show(data: dict[str, Any]) -> None:
     line("steps", f"{len(steps)} with a recorded result in this epoch")
     for step in steps:
         size = "no result" if step["result_size"] is None else _size(step["result_size"])
-        ident = f"  [{step['identity']}]" if step["identity"] else ""
-        click.echo(f"  #{step['position']:<6} {step['name']}  {size}{ident}")
+        click.echo(f"  #{step['position']!s:<6} {step['name']}  {size}")
     if data["folded"]:
-        click.echo(f"  ({data['folded']} more returned None; only a digest of their names is kept)")
+        click.echo(
+            f"  ({data['folded']} more returned None; only a digest of their names and arguments is kept)"
+        )
     if data["holes"]:
         line("holes", "steps that raised; they run again on resume")
         for hole in data["holes"]:
-            click.echo(f"  #{hole['position']:<6} {hole['name']}  failed {hole['attempts']} time(s)")
+            click.echo(f"  #{hole['position']!s:<6} {hole['name']}  failed {hole['attempts']} time(s)")
     if data["intents"]:
         line("intents", "durable steps started but not completed")
         for intent in data["intents"]:
-            click.echo(f"  #{intent['position']:<6} {intent['name']}  attempt {intent['attempt']}")
+            click.echo(f"  #{intent['position']!s:<6} {intent['name']}  attempt {intent['attempt']}")
     if status == "finished":
         line("result", _text(data["result"]))
     if data["error"]:
@@ -695,14 +712,14 @@ def _export_data(view: _View, store: Store) -> dict[str, Any]:
         "progress": {
             "epoch": head.epoch,
             "done": head.done,
-            "above": head.above,
             "digest": head.digest,
             "folded": head.folded,
+            "counts": head.counts,
             "items": head.items,
             "holes": head.holes,
             "intents": head.intents,
         },
-        "steps": {str(n): entry for n, entry in sorted(view.entries.items())},
+        "steps": dict(sorted(view.entries.items(), key=_order)),
         "result": head.result,
         "error": head.error,
         "exported_from": store.describe(),
@@ -752,7 +769,7 @@ def _check_encoded(value: Any, where: str) -> None:
         _need(isinstance(value.get("hmac", ""), str), f"{where}: 'hmac' is not text")
 
 
-def _parse_export(data: Any, key: str) -> tuple[Head, dict[int, Entry]]:
+def _parse_export(data: Any, key: str) -> tuple[Head, dict[str, Entry]]:
     """Check an export document and build the head and entries to write for ``key``."""
     _need(isinstance(data, dict), "the file does not hold a JSON object")
     _need(
@@ -761,7 +778,7 @@ def _parse_export(data: Any, key: str) -> tuple[Head, dict[int, Entry]]:
     )
     version = data.get("version")
     _need(
-        _is_int(version) and 1 <= version <= EXPORT_VERSION,
+        _is_int(version) and version == EXPORT_VERSION,
         f"export version {version!r} is not one this resumable reads ({EXPORT_VERSION})",
     )
     for name in ("job", "status", "state", "resume_point", "progress", "steps"):
@@ -791,19 +808,21 @@ def _parse_export(data: Any, key: str) -> tuple[Head, dict[int, Entry]]:
 
     progress = data["progress"]
     _need(isinstance(progress, dict), "'progress' must be an object")
-    for name in ("epoch", "done", "above", "digest", "folded", "items", "holes", "intents"):
+    for name in ("epoch", "done", "digest", "folded", "counts", "items", "holes", "intents"):
         _need(name in progress, f"the field 'progress.{name}' is missing")
     epoch, done, folded = progress["epoch"], progress["done"], progress["folded"]
     for name, value in (("epoch", epoch), ("done", done), ("folded", folded)):
         _need(_is_int(value) and value >= 0, f"'progress.{name}' must be a whole number >= 0")
     digest = progress["digest"]
     _need(isinstance(digest, str) and _is_hex(digest), "'progress.digest' must be hexadecimal text")
-    above = progress["above"]
+    counts = progress["counts"]
     _need(
-        isinstance(above, list) and all(_is_int(n) and n > done for n in above),
-        "'progress.above' must list unit numbers above 'progress.done'",
+        isinstance(counts, dict)
+        and all(_is_hex(k) and _is_int(v) and v > 0 for k, v in counts.items())
+        and sum(counts.values()) == folded,
+        "'progress.counts' must count the folded steps by hexadecimal name code, adding up to "
+        "'progress.folded'",
     )
-    _need(len(set(above)) == len(above), "'progress.above' lists a unit twice")
     items = progress["items"]
     _need(isinstance(items, dict), "'progress.items' must be an object")
     for name in ("done", "before"):
@@ -817,65 +836,72 @@ def _parse_export(data: Any, key: str) -> tuple[Head, dict[int, Entry]]:
     _need(isinstance(holes_in, dict), "'progress.holes' must be an object")
     holes: dict[str, list[Any]] = {}
     for n, hole in holes_in.items():
+        if _is_label(n):
+            _need(
+                isinstance(hole, list) and len(hole) == 2 and isinstance(hole[0], str) and _is_int(hole[1]),
+                f"'progress.holes.{n}' must be [step name, attempts]",
+            )
+            holes[n] = hole
+            continue
         unit = _unit(n, "'progress.holes'")
         _need(unit < done, f"'progress.holes': hole {unit} is not below the watermark {done}")
         _need(
             isinstance(hole, list)
-            and len(hole) == 4
+            and len(hole) == 5
             and isinstance(hole[0], str)
             and isinstance(hole[1], str)
             and _is_hex(hole[1])
             and _is_int(hole[2])
-            and _is_int(hole[3]),
-            f"'progress.holes.{n}' must be [step name, hex digest, folded count, attempts]",
+            and _is_int(hole[3])
+            and _is_int(hole[4]),
+            f"'progress.holes.{n}' must be [step name, hex digest, folded count, attempts, args code]",
         )
         holes[str(unit)] = hole
     intents_in = progress["intents"]
     _need(isinstance(intents_in, dict), "'progress.intents' must be an object")
     intents: dict[str, Entry] = {}
     for n, intent in intents_in.items():
-        unit = _unit(n, "'progress.intents'")
+        if not _is_label(n):
+            n = str(_unit(n, "'progress.intents'"))
         _need(
             isinstance(intent, list)
             and len(intent) == 3
             and isinstance(intent[0], str)
-            and (intent[1] is None or isinstance(intent[1], str))
+            and _is_int(intent[1])
             and _is_int(intent[2]),
-            f"'progress.intents.{n}' must be [step name, identity or null, attempt]",
+            f"'progress.intents.{n}' must be [step name, args code, attempt]",
         )
-        intents[str(unit)] = intent
+        intents[n] = intent
 
     steps = data["steps"]
-    _need(isinstance(steps, dict), "'steps' must be an object of recorded steps by unit number")
-    entries: dict[int, Entry] = {}
-    completed = set(above)
+    _need(isinstance(steps, dict), "'steps' must be an object of recorded steps by unit number or call label")
+    entries: dict[str, Entry] = {}
     for n, entry in steps.items():
-        unit = _unit(n, "'steps'")
         _need(
             isinstance(entry, list)
             and 2 <= len(entry) <= 3
             and isinstance(entry[0], str)
-            and (entry[1] is None or isinstance(entry[1], str)),
-            f"'steps.{n}' must be [step name, identity or null] plus the encoded result if any",
-        )
-        _need(
-            (unit < done and str(unit) not in holes) or unit in completed,
-            f"'steps.{n}': step {unit} is recorded but neither below the watermark {done} "
-            "(and not a hole) nor listed in 'progress.above'",
+            and _is_int(entry[1]),
+            f"'steps.{n}' must be [step name, args code] plus the encoded result if any",
         )
         if len(entry) > 2:
             _check_encoded(entry[2], f"'steps.{n}'")
-        entries[unit] = entry
-    below = sum(1 for n in entries if n < done)
+        if _is_label(n):
+            entries[n] = entry
+            continue
+        unit = _unit(n, "'steps'")
+        _need(
+            unit < done and str(unit) not in holes,
+            f"'steps.{n}': step {unit} is recorded but not below the watermark {done} (or is a hole)",
+        )
+        entries[str(unit)] = entry
+    below = sum(1 for n in entries if not _is_label(n))
+    own_holes = sum(1 for n in holes if not _is_label(n))
     _need(
-        below + len(holes) + folded == done,
+        below + own_holes + folded == done,
         f"the progress does not add up: {done} units done, but {below} recorded steps below it, "
-        f"{len(holes)} holes and {folded} folded steps (steps that returned None) make "
-        f"{below + len(holes) + folded}",
-    )
-    _need(
-        all(n in entries for n in completed),
-        "'progress.above' lists a unit that has no recorded step in 'steps'",
+        f"{own_holes} holes and {folded} folded steps (steps that returned None) make "
+        f"{below + own_holes + folded}",
     )
     _need(status != "finished" or "result" in data, "a finished run needs its 'result'")
     head = Head(
@@ -888,9 +914,9 @@ def _parse_export(data: Any, key: str) -> tuple[Head, dict[int, Entry]]:
         args=args,
         state=state,
         done=done,
-        above=sorted(above),
         digest=digest,
         folded=folded,
+        counts={k: int(v) for k, v in counts.items()},
         intents=intents,
         holes=holes,
         items=dict(progress["items"]),
@@ -898,7 +924,41 @@ def _parse_export(data: Any, key: str) -> tuple[Head, dict[int, Entry]]:
         error=error,
         attempts=attempts,
     )
+    source = data.get("key")
+    if isinstance(source, str) and source != key:
+        _rebind(head, entries, source, key)
     return head, entries
+
+
+def _is_label(n: Any) -> bool:
+    """A concurrent call's key in a record: ``~IDENT#SLOT``."""
+    return isinstance(n, str) and n.startswith("~") and "#" in n
+
+
+def _rebind(head: Head, entries: dict[str, Entry], source: str, key: str) -> None:
+    """Signed values name the run they belong to: re-sign a copy's for its new key.
+
+    Each signature is checked against the run it was exported from first (with
+    ``RESUMABLE_SECRET``), so a document cannot launder another run's values.
+    """
+    def again(value: Any, where: str) -> Any:
+        if type(value) is not dict or "hmac" not in value:
+            return value
+        try:
+            verify_value(value, source)
+            mac = resign(base64.b64decode(value["$pickle"]), key)
+        except _BadValue as exc:
+            raise _Invalid(f"{where}: {exc}") from None
+        return {"$pickle": value["$pickle"], "hmac": mac}
+
+    head.state = again(head.state, "'state'")
+    head.args = again(head.args, "'resume_point'")
+    head.result = again(head.result, "'result'")
+    if "carry" in head.items:
+        head.items["carry"] = again(head.items["carry"], "'progress.items.carry'")
+    for n, entry in entries.items():
+        if len(entry) > 2:
+            entry[2] = again(entry[2], f"'steps.{n}'")
 
 
 def _is_hex(text: str) -> bool:
@@ -909,14 +969,17 @@ def _is_hex(text: str) -> bool:
     return True
 
 
-def _record_bytes(head: Head, entries: dict[int, Entry]) -> dict[str, bytes]:
+def _record_bytes(head: Head, entries: dict[str, Entry]) -> dict[str, bytes]:
     """The store values of a run: its chunks (as a job writes them) and its head, last."""
-    ordered = sorted(entries.items())
+    ordered = sorted(entries.items(), key=_order)
     out: dict[str, bytes] = {}
     groups = [ordered[i : i + _CHUNK_ENTRIES] for i in range(0, len(ordered), _CHUNK_ENTRIES)]
     for index, group in enumerate(groups):
         out[chunk_key(head.key, head.epoch, index)] = dump_chunk(
-            head.key, head.epoch, index, {str(n): entry for n, entry in group}
+            head.key,
+            head.epoch,
+            index,
+            {n: entry_text(e[0], e[1], canonical_json(e[2]) if len(e) > 2 else None) for n, e in group},
         )
     head.chunks = [0, len(groups) - 1]
     out[head.key] = dump_head(head)

@@ -209,6 +209,7 @@ class Binding:
     total: int | None = None
     desc: str | None = None
     show: bool = False
+    append: bool = False
     pushed: int = 0
     on_start: list[Callable[[int], None]] = field(default_factory=list)
 
@@ -262,6 +263,7 @@ def drain(
     progress: bool = False,
     total: int | None = None,
     desc: str | None = None,
+    append: bool = False,
 ) -> int:
     """Push every item of a generator job into ``sink`` exactly once; return how many.
 
@@ -271,13 +273,21 @@ def drain(
     ``progress=True`` a tqdm bar (the ``progress`` extra) starts at the resumed
     position; ``total`` sets its length.
 
+    A run that starts (no record yet) with a sink that already holds items refuses
+    them as another run's: a second key for the same work would otherwise append
+    everything again. ``append=True`` says the items are someone else's on purpose and
+    this run adds its own after them.
+
     Raises:
         TypeError: ``gen`` is not a generator returned by a ``@resumable`` job.
-        SinkMismatch: the sink holds fewer items than the record says were pushed.
+        SinkMismatch: the sink holds fewer items than the record says were pushed, or
+            a new run finds items it did not write (without ``append=True``).
     """
     _check_job_gen(gen, "generator")
     _check_batch(batch_size)
-    binding = Binding(sink=sink, batch_size=batch_size, show=progress, total=total, desc=desc)
+    binding = Binding(
+        sink=sink, batch_size=batch_size, show=progress, total=total, desc=desc, append=append
+    )
     token = BINDING.set(binding)
     try:
         for _ in gen:
@@ -296,11 +306,14 @@ async def adrain(
     progress: bool = False,
     total: int | None = None,
     desc: str | None = None,
+    append: bool = False,
 ) -> int:
     """`drain` for async generator jobs; the sink's asynchronous methods are used."""
     _check_job_gen(agen, "async generator")
     _check_batch(batch_size)
-    binding = Binding(sink=sink, batch_size=batch_size, show=progress, total=total, desc=desc)
+    binding = Binding(
+        sink=sink, batch_size=batch_size, show=progress, total=total, desc=desc, append=append
+    )
     token = BINDING.set(binding)
     try:
         async for _ in agen:
@@ -364,6 +377,13 @@ class SinkFeed:
         """
         done, recorded = self.run.item_prog
         baseline = recorded is None
+        if recorded is None and held and not self.binding.append:
+            raise SinkMismatch(
+                f"run {self.run.key!r} starts with a sink that already holds {held} items it did "
+                "not write (another run's, under another key: another spelling of an argument, "
+                "the job run as a script and imported?). Nothing was pushed. Pass append=True "
+                "to drain() to add this run's items after them, or empty the sink"
+            )
         if recorded is None:
             recorded = held
             self.run.item_prog = (done, recorded)

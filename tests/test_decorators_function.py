@@ -898,7 +898,9 @@ _LOCKJOB = textwrap.dedent(
         def step(i):
             return i
 
-        @resumable(store=FileStore(path))
+        # Jobs made by a factory are told apart by what they capture (hold differs
+        # between the two processes): key= names them one job.
+        @resumable(store=FileStore(path), key="lockjob-{n}")
         def job(n):
             out = [step(i) for i in range(n)]
             if hold:

@@ -443,9 +443,9 @@ def test_async_flush_waiters_get_the_store_error() -> None:
         assert run is not None
         store.fail_next(10**6)
         with pytest.raises(OSError, match="No space left"):
-            await run.flush_async()
+            await run.aflush()
         store.heal()
-        await run.flush_async()
+        await run.aflush()
         return "ok"
 
     assert asyncio.run(job()) == "ok"

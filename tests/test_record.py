@@ -315,7 +315,8 @@ def _edit_chunk_value(store: Store, key: str, edit: Callable[[dict[str, Any]], N
     """Change the encoded result of step 1 (the tuple) and fix the chunk's checksum."""
     ckey = f"{key}(r)0.0"
     body = json.loads(store.get(ckey) or b"")
-    body.pop("checksum")
+    body.pop("checksum", None)
+    body.pop("hmac", None)
     edit(body["entries"]["1"][2])
     store.set(ckey, _record._dump(body))
 
@@ -363,7 +364,8 @@ def test_tampered_finished_result_refused(tmp_path: Path, monkeypatch: pytest.Mo
     assert t.job(1) == Job.expected(1)
     key = t.job.key_for(1)
     head = json.loads(t.store.get(key) or b"")
-    head.pop("checksum")
+    head.pop("checksum", None)
+    head.pop("hmac", None)
     head["result"]["hmac"] = "f" * 64
     t.store.set(key, _record._dump(head))
     before = _snapshot(t.store)
@@ -402,14 +404,16 @@ def test_restart_on_bad_signature(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 def _set_version(raw: bytes) -> bytes:
     body = json.loads(raw)
-    body.pop("checksum")
+    body.pop("checksum", None)
+    body.pop("hmac", None)
     body["version"] = _record.VERSION + 1
     return _record._dump(body)
 
 
 def _drop_field(raw: bytes) -> bytes:
     body = json.loads(raw)
-    body.pop("checksum")
+    body.pop("checksum", None)
+    body.pop("hmac", None)
     del body["units"]
     return _record._dump(body)
 
@@ -423,7 +427,8 @@ def _edit_one_char(raw: bytes) -> bytes:
 
 def _another_runs_head(raw: bytes) -> bytes:
     body = json.loads(raw)
-    body.pop("checksum")
+    body.pop("checksum", None)
+    body.pop("hmac", None)
     body["key"] = "some-other-run"
     return _record._dump(body)
 

@@ -155,7 +155,11 @@ def test_json_lines_sink_appends_to_an_existing_file(tmp_path: Path, store: Free
             yield {"i": i, "text": f"line\n{i} é"}
 
     sink = JsonLinesSink(path)
-    assert drain(records(4), sink, batch_size=2) == 4
+    # A new run refuses a sink that holds items it did not write, unless told to append.
+    with pytest.raises(SinkMismatch, match="append=True"):
+        drain(records(4), sink, batch_size=2)
+    assert path.read_text() == '{"old": 1}\n'
+    assert drain(records(4), sink, batch_size=2, append=True) == 4
     sink.close()
     assert sink.read() == [{"old": 1}] + [{"i": i, "text": f"line\n{i} é"} for i in range(4)]
     assert path.read_bytes().count(b"\n") == 5
@@ -582,7 +586,7 @@ async def test_adrain_carries_items_over_resume_points_exactly_once(store: Freez
                 fail[0] = False
                 run = current_run()
                 assert run is not None
-                await run.flush_async()
+                await run.aflush()
                 store.frozen = True
                 raise Crash
 

@@ -81,6 +81,11 @@ class Store(abc.ABC):
         """
         return None
 
+    def __resumable_key__(self) -> str:
+        """A store is where runs live, not what tells them apart: a job that captures one
+        is identified by the store's kind only (its runs' keys are the store's own)."""
+        return type(self).__qualname__
+
     def is_locked(self, key: str) -> bool:
         """Tell whether a live run holds ``key`` (a probe that takes and drops the lock)."""
         from resumable.errors import RunLocked

@@ -23,14 +23,25 @@ def default_dir() -> Path:
 
 
 class _FileLock:
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, store: FileStore | None = None, key: str = "") -> None:
         self._fd: int | None = fd
+        self._store = store
+        self._key = key
+        self._pid = os.getpid()
 
     def release(self) -> None:
         fd, self._fd = self._fd, None
-        if fd is not None:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        if fd is None:
+            return
+        if self._store is not None:
+            self._store._held.pop(self._key, None)
+        if os.getpid() != self._pid:
+            # A forked child holds a copy of the parent's descriptor: unlocking it would
+            # unlock the parent's run. Closing the copy leaves the parent's lock alone.
             os.close(fd)
+            return
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 class FileStore(Store):
@@ -55,6 +66,7 @@ class FileStore(Store):
         self.path = Path(path) if path is not None else default_dir()
         self._fsync = fsync
         self._made = False
+        self._held: dict[str, _FileLock] = {}
 
     def describe(self) -> str:
         return f"FileStore({str(self.path)!r})"
@@ -79,7 +91,11 @@ class FileStore(Store):
             raise TypeError(f"store values are bytes, not {type(value).__name__}")
         self._ensure_dir()
         tmp = self.path / f".tmp-{key[:64]}-{os.getpid()}-{secrets.token_hex(4)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileNotFoundError:
+            self._recreate()
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             view = memoryview(value)
             while view:
@@ -100,6 +116,25 @@ class FileStore(Store):
             raise
         if self._fsync:
             self._fsync_dir()
+
+    def _recreate(self) -> None:
+        """The directory was deleted under live runs: make it again, and take their locks
+        again on the new lock files (or fail, when another process took one meanwhile)."""
+        from resumable._log import logger
+
+        (self.path / _LOCKS).mkdir(parents=True, exist_ok=True)
+        self._made = True
+        logger.warning("store directory was deleted; made again", store=self.describe(), runs=len(self._held))
+        for key, held in list(self._held.items()):
+            fd = os.open(self.path / _LOCKS / key, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise RunLocked(self.describe(), key) from None
+            old, held._fd = held._fd, fd
+            if old is not None:
+                os.close(old)  # the lock on the deleted file: nobody else can see it
 
     def _fsync_dir(self) -> None:
         dfd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
@@ -126,7 +161,11 @@ class FileStore(Store):
     def lock(self, key: str) -> RunLock:
         check_key(key)
         self._ensure_dir()
-        fd = os.open(self.path / _LOCKS / key, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path / _LOCKS / key, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            self._recreate()
+            fd = os.open(self.path / _LOCKS / key, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -134,4 +173,6 @@ class FileStore(Store):
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise RunLocked(self.describe(), key) from None
             raise
-        return _FileLock(fd)
+        held = _FileLock(fd, self, key)
+        self._held[key] = held
+        return held

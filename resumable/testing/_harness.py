@@ -187,10 +187,11 @@ class Execution:
     def label(self) -> str:
         """``'name' #number`` (with the resume point when there is one), for messages."""
         where = f" after resume point {self.epoch}" if self.epoch else ""
-        return f"step {short_name(self.step)!r} #{self.number}{where}"
+        place = f"#{self.number}" if self.number >= 0 else "(a concurrent call)"
+        return f"step {short_name(self.step)!r} {place}{where}"
 
     def identity(self) -> str:
-        """The digest resumable matches concurrent calls by."""
+        """What resumable matches the call by: its position, or a concurrent call's label."""
         return str(self._call.identity()) if self._call is not None else ""
 
 
@@ -526,7 +527,8 @@ def _write(run: _run.Run) -> None:
 def _label(call: _run.StepContext) -> str:
     where = f" after resume point {call.run.epoch}" if call.run.epoch else ""
     _modules.setdefault(call.name, getattr(call.func, "__module__", ""))
-    return f"step {short_name(call.name)!r} #{call.number}{where}"
+    place = f"#{call.number}" if call.number >= 0 else "(a concurrent call)"
+    return f"step {short_name(call.name)!r} {place}{where}"
 
 
 # -- sink pushes ----------------------------------------------------------------------
@@ -756,25 +758,22 @@ class RecordSummary:
     epoch: int
     done: int
     holes: set[int]
-    above: set[int]
-    entries: dict[int, tuple[str, str | None]]  # unit -> (step name, identity or None)
+    calls: set[str]  # concurrent calls completed, by identity label
+    entries: dict[int, str]  # the job's own steps with an entry: unit -> step name
     items: int  # items consumed, all resume points included
 
     def completed(self) -> set[int]:
-        """The step units of the record's epoch that completed."""
-        return {n for n in range(self.done) if n not in self.holes} | self.above
+        """The job's own step units of the record's epoch that completed."""
+        return {n for n in range(self.done) if n not in self.holes}
 
     def holds(self, execution: Execution) -> bool:
         """Tell whether the record holds this step call's completion."""
         if execution.epoch != self.epoch:
             return False
-        identified = {e for e in self.entries.values() if e[1] is not None}
-        if identified and (execution.step, execution.identity()) in identified:
-            return True
+        if execution.number < 0:
+            return execution.identity() in self.calls
         n = execution.number
-        completed = (n < self.done and n not in self.holes) or n in self.above
-        entry = self.entries.get(n)
-        return completed and (entry is None or entry[1] is None)
+        return n < self.done and n not in self.holes
 
 
 def _written(data: MemoryStore) -> dict[str, RecordSummary]:
@@ -793,9 +792,9 @@ def _written(data: MemoryStore) -> dict[str, RecordSummary]:
         found[key] = RecordSummary(
             epoch=head.epoch,
             done=head.done,
-            holes={int(n) for n in head.holes},
-            above=set(head.above),
-            entries={n: (str(e[0]), e[1]) for n, e in entries.items()},
+            holes={int(n) for n in head.holes if not n.startswith("~")},
+            calls={n[1:] for n in entries if n.startswith("~")},
+            entries={int(n): str(e[0]) for n, e in entries.items() if not n.startswith("~")},
             items=int(head.items.get("before", 0)) + int(head.items.get("done", 0)),
         )
     return found
