@@ -248,7 +248,7 @@ def test_show_a_finished_run(store: FileStore, jobs: Jobs) -> None:
     out = text.stdout
     assert "status        finished" in out
     assert "resumable-record version 2" in out
-    assert "watermark     6 units done" in out
+    assert "watermark     6 of the job's own steps done" in out
     assert "result        9" in out
     assert "3 more returned None" in out
     assert f"#2      {data['steps'][1]['name']}  {first['result_size']} B" in out
