@@ -45,10 +45,14 @@ def _start_binding(run: Run, binding: Binding | None) -> SinkFeed | None:
 
 
 def _drive(
-    job: JobDef, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    job: JobDef,
+    wrapped: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    instance: Any = None,
 ) -> Generator[Any, Any, Any]:
     binding = BINDING.get()
-    started = job.begin(wrapped, args, kwargs)
+    started = job.begin(wrapped, args, kwargs, instance=instance)
     if isinstance(started, _Finished):
         return started.result
     run, bound = started
@@ -127,16 +131,20 @@ def make_gen(job: JobDef) -> Callable[..., Any]:
     """The wrapt wrapper of a generator job."""
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        return _drive(job, wrapped, args, kwargs)
+        return _drive(job, wrapped, args, kwargs, instance)
 
     return wrapper
 
 
 async def _adrive(
-    job: JobDef, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    job: JobDef,
+    wrapped: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    instance: Any = None,
 ) -> AsyncGenerator[Any, Any]:
     binding = BINDING.get()
-    started = await begin_async(job, wrapped, args, kwargs)
+    started = await begin_async(job, wrapped, args, kwargs, instance)
     if isinstance(started, _Finished):
         return
     run, bound = started
@@ -228,6 +236,6 @@ def make_async_gen(job: JobDef) -> Callable[..., Any]:
     """The wrapt wrapper of an async generator job."""
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        return _adrive(job, wrapped, args, kwargs)
+        return _adrive(job, wrapped, args, kwargs, instance)
 
     return wrapper

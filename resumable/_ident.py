@@ -18,8 +18,10 @@ their description otherwise. `call_digest` is the identity of a concurrent call
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
+import json
 import types
 import zlib
 from collections.abc import Mapping
@@ -33,6 +35,8 @@ __all__ = ["Description", "args_code", "call_digest", "closure_identity", "descr
 
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 _MAX_DEPTH = 12
+_MASK64 = (1 << 64) - 1
+_json_text = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
 
 
 class Description:
@@ -71,7 +75,7 @@ def _walk(value: Any, out: Description, depth: int, seen: set[int]) -> None:
         out.opaque.append(value)
         return
     seen = seen | {id(value)}
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple | collections.deque):
         out.parts.append(f"{kind.__qualname__}[{len(value)}")
         for item in value:
             _walk(item, out, depth + 1, seen)
@@ -205,18 +209,33 @@ def describe(*values: Any) -> Description:
 
 
 def args_code(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
-    """A change detector of a call's arguments, for steps matched by position."""
+    """A change detector of a call's arguments, for steps matched by position.
+
+    Numbers only: their ``hash`` (not salted per process for numbers, unlike text).
+    With text: a CRC-32 of their ``repr``. JSON data: a CRC-32 of its canonical text.
+    Anything else: the 64-bit digest of their description.
+    """
     if not kwargs:
-        if not args:
-            return 0
+        text = False
         for a in args:
-            if type(a) not in _SCALARS:
-                break
+            kind = type(a)
+            if kind is int or kind is float or kind is bool:
+                continue
+            if kind is str:
+                text = True
+                continue
+            break
         else:
+            if not text:
+                return hash(args) & _MASK64
             try:
                 return zlib.crc32(repr(args).encode("utf-8", "surrogatepass"))
             except ValueError:  # an int beyond the int-to-text limit
                 pass
+    try:  # JSON data (a row as a dict): its canonical text, written in C
+        return zlib.crc32(_json_text([args, kwargs]).encode())
+    except (TypeError, ValueError, RecursionError):
+        pass
     d = describe(args, kwargs)
     return int(d.digest(), 16)
 

@@ -299,10 +299,15 @@ class JobDef:
         kwargs: dict[str, Any],
         *,
         start: bool = True,
+        instance: Any = None,
     ) -> tuple[Run, inspect.BoundArguments] | _Finished:
         """Find or create the run of this call: lock it, load its record, start it."""
         bound = bind_arguments(wrapped, None, args, kwargs)
-        key = self.key_for(bound, getattr(wrapped, "__self__", None))
+        owner = instance if instance is not None else getattr(wrapped, "__self__", None)
+        key = self.key_for(bound, owner)
+        probe = None
+        if owner is not None and self.key is None and not ({"self", "cls"} & set(self.ignore)):
+            probe = (owner, describe(owner).digest())
         store = _config.resolve_store(self.store)
         lock = _take_lock(store, key)
         try:
@@ -329,6 +334,7 @@ class JobDef:
                 entries=entries,
             )
             run.params = self.params
+            run.owner_probe = probe
             if head is not None and head.epoch > 0:
                 run.forget_old_chunks(store.keys(f"{key}(r)"))
             restart = run.restart_args()
@@ -356,6 +362,27 @@ class JobDef:
         return run, bound
 
     @staticmethod
+    def check_owner(run: Run) -> None:
+        """A method job's key holds its instance's state: warn when the run changed it."""
+        probe = run.owner_probe
+        if probe is None:
+            return
+        owner, digest = probe
+        try:
+            changed = describe(owner).digest() != digest
+        except Exception:  # describing is best effort here: never fail a run's end on it
+            return
+        if changed:
+            logger.warning(
+                "the job's instance changed during the run, and its state is part of the run "
+                "key: a call after a restart will not find this run. Define __resumable_key__ "
+                "on the class (what names an instance), or give the job key=",
+                key=run.key,
+                job=run.job,
+                instance=type(owner).__qualname__,
+            )
+
+    @staticmethod
     def end_ok(run: Run, result: Any) -> None:
         try:
             run.check_end()
@@ -374,6 +401,7 @@ class JobDef:
             logger.error("run stopped: its record cannot be read", key=run.key, error=str(exc))
             return
         interrupted = isinstance(exc, _INTERRUPTIONS)
+        JobDef.check_owner(run)
         try:
             run.close(error=None if interrupted else exc)
         except Exception as write_error:
@@ -392,7 +420,7 @@ class JobDef:
 
 def _make_sync(job: JobDef) -> Callable[..., Any]:
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        started = job.begin(wrapped, args, kwargs)
+        started = job.begin(wrapped, args, kwargs, instance=instance)
         if isinstance(started, _Finished):
             return started.result
         run, bound = started
@@ -413,14 +441,18 @@ def _make_sync(job: JobDef) -> Callable[..., Any]:
 
 
 async def begin_async(
-    job: JobDef, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    job: JobDef,
+    wrapped: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    instance: Any = None,
 ) -> tuple[Run, inspect.BoundArguments] | _Finished:
     """`JobDef.begin` in a worker thread, then start the run here.
 
     A caller cancelled while the thread works never leaves the run locked.
     """
     _config.LOOP.set(asyncio.get_running_loop())
-    task = asyncio.ensure_future(asyncio.to_thread(job.begin, wrapped, args, kwargs, start=False))
+    task = asyncio.ensure_future(asyncio.to_thread(job.begin, wrapped, args, kwargs, start=False, instance=instance))
     try:
         started = await asyncio.shield(task)
     except asyncio.CancelledError:
@@ -469,7 +501,7 @@ def _abandon_started(task: asyncio.Future[Any]) -> None:
 
 def _make_async(job: JobDef) -> Callable[..., Any]:
     async def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        started = await begin_async(job, wrapped, args, kwargs)
+        started = await begin_async(job, wrapped, args, kwargs, instance)
         if isinstance(started, _Finished):
             return started.result
         run, bound = started

@@ -35,6 +35,7 @@ __all__ = [
     "dump_head",
     "encode_text",
     "encode_value",
+    "entry_json",
     "entry_text",
     "load_chunk",
     "load_head",
@@ -376,6 +377,15 @@ def load_head(raw: bytes, store: str, key: str) -> Head:
     if head.status not in ("running", "finished"):
         raise CheckpointCorrupted(store, key, f"unknown status {head.status!r}")
     return head
+
+
+def entry_json(name: str, code: int, value: Any, what: str, bind: str) -> str:
+    """The canonical JSON text of a recorded step that returned ``value``, encoded once."""
+    encoded = encode_value(value, what, bind)
+    try:
+        return canonical_json([name, code, encoded])
+    except (ValueError, TypeError, RecursionError):
+        return entry_text(name, code, encode_text(value, what, bind))
 
 
 def entry_text(name: str, code: int, value_text: str | None = None) -> str:

@@ -40,6 +40,7 @@ from resumable._record import (
     dump_chunk,
     dump_head,
     encode_text,
+    entry_json,
     entry_text,
 )
 from resumable.errors import AmbiguousCall, ReplayMismatch
@@ -445,6 +446,7 @@ class Run:
         # replaying, not finished, not in a forked child.
         self.fast = not self.replaying
         self.params: set[str] = set()
+        self.owner_probe: tuple[Any, str] | None = None  # a method job's instance and its digest
         # The sync step running alone on the run's thread, if any (the fast path keeps
         # it here instead of in a context variable).
         self.sync_n = -1
@@ -854,28 +856,37 @@ class Run:
         the returned object later changes nothing recorded, and a value that cannot be
         saved fails here, naming the step.
         """
-        after_fail = self._last_fail is not None and self._last_fail == (sdef.name, acode)
-        self._last_fail = None
-        text = None
-        if result is not None:
-            text = encode_text(result, f"step {sdef.name!r} (#{n})", self.key)
-        done, digest, folded = self._prog
-        with self._lock if durable else contextlib.nullcontext():
-            if durable:
+        last = self._last_fail
+        after_fail = False
+        if last is not None:
+            self._last_fail = None
+            after_fail = last == (sdef.name, acode)
+        if result is None:
+            text = entry_text(sdef.name, acode)
+        else:
+            text = entry_json(sdef.name, acode, result, f"step {sdef.name!r} (#{n})", self.key)
+        if durable:
+            with self._lock:
                 self._intents.pop(str(n), None)
-            if n < done:  # a step that raised before the restart, run again: it completed now
-                self._holes.pop(n, None)
-                self._new.append((str(n), entry_text(sdef.name, acode, text)))
-            elif text is None and not after_fail:  # only the digest records it: no per-step space
-                code = sdef.code
-                self._counts[code] = self._counts.get(code, 0) + 1
-                self._prog = (n + 1, (digest * _MULT + (code ^ acode)) & _MASK, folded + 1)
-            else:
-                # After a failed attempt of the same call, even a None result is an entry:
-                # replay then hands it to the retried call instead of running it again.
-                self._new.append((str(n), entry_text(sdef.name, acode, text)))
-                self._prog = (n + 1, digest, folded)
-            self.dirty = True
+                self._record_own(sdef, n, acode, result is None and not after_fail, text)
+        else:
+            self._record_own(sdef, n, acode, result is None and not after_fail, text)
+
+    def _record_own(self, sdef: StepDef, n: int, acode: int, fold: bool, text: str) -> None:
+        done, digest, folded = self._prog
+        if n < done:  # a step that raised before the restart, run again: it completed now
+            self._holes.pop(n, None)
+            self._new.append((str(n), text))
+        elif fold:  # only the digest records it: no per-step space
+            code = sdef.code
+            self._counts[code] = self._counts.get(code, 0) + 1  # before _prog: never behind it
+            self._prog = (n + 1, (digest * _MULT + (code ^ acode)) & _MASK, folded + 1)
+        else:
+            # After a failed attempt of the same call, even a None result is an entry:
+            # replay then hands it to the retried call instead of running it again.
+            self._new.append((str(n), text))
+            self._prog = (n + 1, digest, folded)
+        self.dirty = True
 
     def fail_own(self, sdef: StepDef, n: int, acode: int, attempt: int) -> None:
         """Record that the job's own step ``n`` raised: it stays to be run again, a hole."""

@@ -55,7 +55,7 @@ class Plain:
 
 class Worker:
     def __init__(self, name: str) -> None:
-        self.name = name  # not plain data for the key: self is left out
+        self.name = name  # part of the run key: Worker("a").job(1) and Worker("b").job(1) differ
 
     @checkpoint
     def step(self, x: int, *, scale: int = 2) -> int:
@@ -192,13 +192,22 @@ def test_instance_method_job_with_every_step_kind(k: int) -> None:
     assert Counter(step=4, cstep=8, cstep_outer=4, sstep=4, sstep_outer=8) == CALLS
 
 
-def test_another_instance_resumes_the_same_run() -> None:
+def test_an_equal_instance_resumes_the_same_run() -> None:
     FAIL["at"] = 2
     with pytest.raises(Boom):
         Worker("first").job(3)
     FAIL["at"] = None
-    assert Worker("second").job(3) == _expected_job(3)  # self is not part of the key
+    assert Worker("first").job(3) == _expected_job(3)  # another object, the same state
     assert sum(CALLS.values()) == 7 * 3
+
+
+def test_another_instance_is_another_run() -> None:
+    FAIL["at"] = 2
+    with pytest.raises(Boom):
+        Worker("first").job(3)
+    FAIL["at"] = None
+    assert Worker("second").job(3) == _expected_job(3)  # its own run, from the start
+    assert sum(CALLS.values()) == 7 * 2 + 7 * 3
 
 
 async def test_async_method_job() -> None:
@@ -324,7 +333,9 @@ def test_generator_methods_are_refused() -> None:
 
 def test_key_for_through_the_class() -> None:
     key = Worker.job.key_for(Worker("a"), 2)
-    assert key == Worker.job.key_for(Worker("b"), 2)
+    assert key == Worker.job.key_for(Worker("a"), 2)
+    assert key == Worker("a").job.key_for(2)
+    assert key != Worker.job.key_for(Worker("b"), 2)
     assert key != Worker.job.key_for(Worker("a"), 3)
     assert key.startswith(f"{__name__}.Worker.job")
     Worker("a").job(2)

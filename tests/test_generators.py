@@ -543,7 +543,10 @@ _METHOD_STORE = MemoryStore()
 class Catalog:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
-        self.fetched: list[int] = []
+        self.fetched: list[int] = []  # changes as the job runs: not what names the run
+
+    def __resumable_key__(self) -> str:
+        return self.prefix
 
     @resumable(store=_METHOD_STORE)
     def listing(self, pages: int, cursor: int = 0) -> Iterator[str]:
@@ -709,7 +712,7 @@ def test_resume_point_right_after_a_background_snapshot_replays_the_right_result
     def fetch(cursor: int) -> list[int]:
         return [cursor * 10 + j for j in range(3)]
 
-    @resumable(store=store, flush_interval=3600)
+    @resumable(store=store, flush_interval=3600, key="listing-{cursor}")
     def listing(cursor: int = 0) -> Iterator[int]:
         while cursor < 4:
             page = fetch(cursor)
