@@ -21,7 +21,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
-import json
 import types
 import zlib
 from collections.abc import Mapping
@@ -30,13 +29,13 @@ from typing import Any
 import wrapt
 
 from resumable._keys import NotPlain, canonical
+from resumable._record import canonical_json
 
 __all__ = ["Description", "args_code", "call_digest", "closure_identity", "describe"]
 
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 _MAX_DEPTH = 12
 _MASK64 = (1 << 64) - 1
-_json_text = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
 
 
 class Description:
@@ -216,6 +215,8 @@ def args_code(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
     Anything else: the 64-bit digest of their description.
     """
     if not kwargs:
+        if not args:
+            return 0
         text = False
         for a in args:
             kind = type(a)
@@ -233,7 +234,7 @@ def args_code(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
             except ValueError:  # an int beyond the int-to-text limit
                 pass
     try:  # JSON data (a row as a dict): its canonical text, written in C
-        return zlib.crc32(_json_text([args, kwargs]).encode())
+        return zlib.crc32(canonical_json([args, kwargs]).encode())
     except (TypeError, ValueError, RecursionError):
         pass
     d = describe(args, kwargs)

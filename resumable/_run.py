@@ -864,7 +864,7 @@ class Run:
         if result is None:
             text = entry_text(sdef.name, acode)
         else:
-            text = entry_json(sdef.name, acode, result, f"step {sdef.name!r} (#{n})", self.key)
+            text = entry_json(sdef.name, acode, result, f"#{n}", self.key)
         if durable:
             with self._lock:
                 self._intents.pop(str(n), None)
@@ -963,10 +963,10 @@ class Run:
         """Record that a concurrent call returned ``result`` (encoded now)."""
         text = None
         if result is not None:
-            text = encode_text(result, f"step {call.name!r} (call {call.label})", self.key)
+            text = entry_json(call.name, 0, result, f"call {call.label}", self.key)
         label = call.label
         assert label is not None
-        entry = entry_text(call.name, 0, text)
+        entry = text if text is not None else entry_text(call.name, 0)
         with self._lock:
             self._inflight -= 1
             self._intents.pop("~" + label, None)

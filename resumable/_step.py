@@ -217,7 +217,14 @@ def _make_sync(sdef: StepDef) -> Callable[..., Any]:
             # The fast path: the job's own plain step, not replaying.
             n = run._next
             run._next = n + 1
-            acode = 0 if not args and not kwargs else args_code(args, kwargs)
+            if kwargs:
+                acode = args_code(args, kwargs)
+            elif not args:
+                acode = 0
+            elif len(args) == 1 and type(args[0]) is int:
+                acode = hash(args) & _MASK  # the same as args_code's, inlined
+            else:
+                acode = args_code(args, kwargs)
             if STEP_HOOKS:
                 _notify("before", run.make_call(sdef, n, wrapped, args, kwargs, acode))
             run.sync_sdef = sdef
