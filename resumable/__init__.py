@@ -14,9 +14,9 @@ from resumable._keys import make_key
 from resumable._run import StepContext, TransientStoreError, current_run, current_step
 from resumable._step import checkpoint
 from resumable.errors import (
+    AmbiguousCall,
     CheckpointCorrupted,
     NotSerializable,
-    AmbiguousCall,
     ReplayMismatch,
     ResumableError,
     RunLocked,
@@ -26,12 +26,12 @@ from resumable.stores import FileStore, MemoryStore, Store, open_store
 __version__ = "0.1.0"
 
 __all__ = [
+    "AmbiguousCall",
     "CheckpointCorrupted",
     "FileStore",
     "MemoryStore",
     "NotSerializable",
     "OutsideRun",
-    "AmbiguousCall",
     "ReplayMismatch",
     "ResumableError",
     "RunLocked",

@@ -7,8 +7,9 @@ keys), dataclasses and objects whose attributes are themselves describable are g
 by value; functions, classes and modules by their qualified names. What cannot be
 described (a lock, a socket, a client holding them) is *opaque*: it is named by its
 type only (a class can say what identifies its instances with a method
-``__resumable_key__(self)`` returning plain data), and the caller learns which objects were opaque, so that two calls that
-differ only in an opaque object can be refused instead of being told apart by guess.
+``__resumable_key__(self)`` returning plain data), and the caller learns which objects
+were opaque, so that two calls that differ only in an opaque object can be refused
+instead of being told apart by guess.
 
 `args_code` is the cheap change detector of the job's own steps (matched by position):
 32 bits of CRC over the ``repr`` of arguments that are all scalars, a 64-bit digest of
@@ -58,7 +59,9 @@ def _walk(value: Any, out: Description, depth: int, seen: set[int]) -> None:
         try:
             out.parts.append(f"{kind.__name__}:{value!r}")
         except ValueError:  # an int beyond the int-to-text limit
-            out.parts.append(f"int:{value.bit_length()}:{hashlib.sha256(str(hex(value)).encode()).hexdigest()}")
+            out.parts.append(
+                f"int:{value.bit_length()}:{hashlib.sha256(str(hex(value)).encode()).hexdigest()}"
+            )
         return
     if depth > _MAX_DEPTH or id(value) in seen:
         out.parts.append(f"?{kind.__qualname__}")
@@ -108,7 +111,7 @@ def _walk(value: Any, out: Description, depth: int, seen: set[int]) -> None:
         out.parts.append("}")
         return
     if isinstance(value, types.FunctionType | types.BuiltinFunctionType | type | types.ModuleType):
-        name = getattr(value, "__qualname__", None) or getattr(value, "__name__", "?")
+        name = str(getattr(value, "__qualname__", None) or getattr(value, "__name__", "?"))
         out.parts.append(f"<{getattr(value, '__module__', None) or ''}.{name}>")
         if isinstance(value, types.FunctionType) and "<" in name:
             out.parts.append(code_text(value.__code__))

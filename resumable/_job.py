@@ -452,7 +452,9 @@ async def begin_async(
     A caller cancelled while the thread works never leaves the run locked.
     """
     _config.LOOP.set(asyncio.get_running_loop())
-    task = asyncio.ensure_future(asyncio.to_thread(job.begin, wrapped, args, kwargs, start=False, instance=instance))
+    task = asyncio.ensure_future(
+        asyncio.to_thread(job.begin, wrapped, args, kwargs, start=False, instance=instance)
+    )
     try:
         started = await asyncio.shield(task)
     except asyncio.CancelledError:

@@ -29,9 +29,9 @@ __all__ = [
     "VERSION",
     "Entry",
     "Head",
+    "canonical_json",
     "chunk_key",
     "decode_value",
-    "canonical_json",
     "dump_chunk",
     "dump_head",
     "encode_text",
@@ -71,7 +71,7 @@ def _json_exact(value: Any, depth: int = 0) -> bool:
     if kind is str or kind is bool or value is None:
         return True
     if kind is int:
-        return -_INT_LIMIT < value < _INT_LIMIT
+        return bool(-_INT_LIMIT < value < _INT_LIMIT)
     if kind is float:
         return math.isfinite(value)
     if depth > 200:
@@ -89,7 +89,9 @@ def _secret() -> bytes | None:
 
 
 def _mac(secret: bytes, bind: str, data: bytes) -> str:
-    return hmac.new(secret, bind.encode("utf-8", "surrogatepass") + b"\x00" + data, hashlib.sha256).hexdigest()
+    return hmac.new(
+        secret, bind.encode("utf-8", "surrogatepass") + b"\x00" + data, hashlib.sha256
+    ).hexdigest()
 
 
 def _no_default(value: Any) -> Any:
@@ -100,9 +102,12 @@ def _no_default(value: Any) -> Any:
 # json.dumps(value, sort_keys=True, separators=(",", ":")), in a fraction of the time.
 # No circular check: a cycle raises RecursionError, which callers catch as they do
 # ValueError (an int too long for text) and TypeError (not JSON).
-_encode = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
-    None, _no_default, json.encoder.encode_basestring_ascii, None, ":", ",", True, False, True
-) if json.encoder.c_make_encoder is not None else None  # type: ignore[attr-defined]
+_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
+_encode: Any = (
+    _make_encoder(None, _no_default, json.encoder.encode_basestring_ascii, None, ":", ",", True, False, True)
+    if _make_encoder is not None
+    else None
+)
 _slow_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), check_circular=False).encode
 
 
@@ -267,7 +272,9 @@ def _unseal(raw: bytes, store: str, key: str, body: dict[str, Any]) -> None:
         raise CheckpointCorrupted(store, key, "checksum mismatch (the record was altered)")
     if raw[-75:-66] == _HMAC and raw.endswith(b'"}'):
         if secret is None:
-            raise CheckpointCorrupted(store, key, f"the record is signed, but {SECRET_ENV} is not set to check it")
+            raise CheckpointCorrupted(
+                store, key, f"the record is signed, but {SECRET_ENV} is not set to check it"
+            )
         mac = hmac.new(secret, raw[:-75] + b"}", hashlib.sha256).hexdigest().encode()
         if hmac.compare_digest(mac, raw[-66:-2]):
             return

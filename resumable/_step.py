@@ -11,8 +11,8 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 import wrapt
 
-from resumable._log import logger
 from resumable._ident import args_code
+from resumable._log import logger
 from resumable._run import (
     _MASK,
     _MULT,
@@ -126,9 +126,7 @@ def _unrecorded(run: Run, sdef: StepDef) -> bool:
     return False
 
 
-def _own_sync(
-    run: Run, sdef: StepDef, wrapped: Callable[..., Any], args: Any, kwargs: Any
-) -> Any:
+def _own_sync(run: Run, sdef: StepDef, wrapped: Callable[..., Any], args: Any, kwargs: Any) -> Any:
     """The job's own sync step off the fast path: replaying, durable, or after the run."""
     n = run._next
     run._next = n + 1
@@ -239,7 +237,7 @@ def _make_sync(sdef: StepDef) -> Callable[..., Any]:
             if result is None and run._last_fail is None:
                 counts = run._counts  # counted before _prog moves: a write never sees it behind
                 counts[code] = counts.get(code, 0) + 1
-                done, digest, folded = run._prog
+                _, digest, folded = run._prog
                 run._prog = (n + 1, (digest * _MULT + (code ^ acode)) & _MASK, folded + 1)
                 run.dirty = True
             else:

@@ -860,9 +860,8 @@ def _parse_export(data: Any, key: str) -> tuple[Head, dict[str, Entry]]:
     intents_in = progress["intents"]
     _need(isinstance(intents_in, dict), "'progress.intents' must be an object")
     intents: dict[str, Entry] = {}
-    for n, intent in intents_in.items():
-        if not _is_label(n):
-            n = str(_unit(n, "'progress.intents'"))
+    for label, intent in intents_in.items():
+        n = label if _is_label(label) else str(_unit(label, "'progress.intents'"))
         _need(
             isinstance(intent, list)
             and len(intent) == 3
@@ -941,6 +940,7 @@ def _rebind(head: Head, entries: dict[str, Entry], source: str, key: str) -> Non
     Each signature is checked against the run it was exported from first (with
     ``RESUMABLE_SECRET``), so a document cannot launder another run's values.
     """
+
     def again(value: Any, where: str) -> Any:
         if type(value) is not dict or "hmac" not in value:
             return value

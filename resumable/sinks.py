@@ -285,9 +285,7 @@ def drain(
     """
     _check_job_gen(gen, "generator")
     _check_batch(batch_size)
-    binding = Binding(
-        sink=sink, batch_size=batch_size, show=progress, total=total, desc=desc, append=append
-    )
+    binding = Binding(sink=sink, batch_size=batch_size, show=progress, total=total, desc=desc, append=append)
     token = BINDING.set(binding)
     try:
         for _ in gen:
@@ -311,9 +309,7 @@ async def adrain(
     """`drain` for async generator jobs; the sink's asynchronous methods are used."""
     _check_job_gen(agen, "async generator")
     _check_batch(batch_size)
-    binding = Binding(
-        sink=sink, batch_size=batch_size, show=progress, total=total, desc=desc, append=append
-    )
+    binding = Binding(sink=sink, batch_size=batch_size, show=progress, total=total, desc=desc, append=append)
     token = BINDING.set(binding)
     try:
         async for _ in agen:

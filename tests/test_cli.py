@@ -300,7 +300,8 @@ def test_show_holes_and_identities_of_concurrent_steps(store: FileStore) -> None
     assert data["watermark"] == 1  # the job's own steps: charge(0)
     # The gathered calls are concurrent: matched by identity labels, not positions.
     [hole] = data["holes"]
-    assert isinstance(hole["position"], str) and "#" in hole["position"]
+    assert isinstance(hole["position"], str)
+    assert "#" in hole["position"]
     assert (hole["name"].rsplit(".", 1)[-1], hole["attempts"]) == ("get", 1)
     steps = {s["position"]: s for s in data["steps"]}
     assert steps[0]["result"] == "charged 0"
