@@ -404,10 +404,11 @@ def load_head(raw: bytes, store: str, key: str) -> Head:
     return head
 
 
-def entry_json(name: str, code: int, value: Any, where: str, bind: str) -> str:
+def entry_json(name: str, code: int, value: Any, where: int | str, bind: str) -> str:
     """The canonical JSON text of a recorded step that returned ``value``, encoded once.
 
-    ``where`` is the call's place (``#3``), for the message when it cannot be saved.
+    ``where`` is the call's place (a unit number, or a description), for the message
+    when it cannot be saved.
     """
     try:
         exact = _json_exact(value)
@@ -420,7 +421,8 @@ def entry_json(name: str, code: int, value: Any, where: str, bind: str) -> str:
             return canonical_json([name, code, value])
         except (ValueError, TypeError, RecursionError):
             pass
-    return entry_text(name, code, encode_text(value, f"step {name!r} ({where})", bind))
+    place = f"#{where}" if isinstance(where, int) else where
+    return entry_text(name, code, encode_text(value, f"step {name!r} ({place})", bind))
 
 
 def entry_text(name: str, code: int, value_text: str | None = None) -> str:
@@ -431,7 +433,8 @@ def entry_text(name: str, code: int, value_text: str | None = None) -> str:
 
 def dump_chunk(key: str, epoch: int, index: int, entries: dict[str, str]) -> bytes:
     """Serialize a chunk of recorded steps, each given as its `entry_text`."""
-    body = ",".join(f"{canonical_json(k)}:{entries[k]}" for k in sorted(entries))
+    # Entry keys are unit numbers or "~" + hex digest + "#" + occurrence: JSON as they are.
+    body = ",".join([f'"{k}":{entries[k]}' for k in sorted(entries)])
     text = (
         f'{{"entries":{{{body}}},"epoch":{epoch},"format":"{CHUNK_FORMAT}",'
         f'"index":{index},"key":{canonical_json(key)},"version":{VERSION}}}'

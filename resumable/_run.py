@@ -716,7 +716,7 @@ class Run:
             self._check(n, entry[0], entry[1], sdef.name, acode)
             self.replayed += 1
             return self._decode(entry)
-        hole = self._rec_holes.get(n)
+        hole = self._rec_holes.get(n) if self._rec_holes else None
         if hole is not None:
             self._check(n, hole[0], hole[4], sdef.name, acode)
             if (self._replay_digest, self._replay_folded) != (int(hole[1], 16), hole[2]):
@@ -864,7 +864,7 @@ class Run:
         if result is None:
             text = entry_text(sdef.name, acode)
         else:
-            text = entry_json(sdef.name, acode, result, f"#{n}", self.key)
+            text = entry_json(sdef.name, acode, result, n, self.key)
         if durable:
             with self._lock:
                 self._intents.pop(str(n), None)

@@ -126,20 +126,17 @@ def _unrecorded(run: Run, sdef: StepDef) -> bool:
     return False
 
 
-def _own_sync(run: Run, sdef: StepDef, wrapped: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-    """The job's own sync step off the fast path: replaying, durable, or after the run."""
-    n = run._next
-    run._next = n + 1
-    acode = args_code(args, kwargs)
-    attempt = 1
-    if run.replaying:
-        out = run.replay_own(sdef, n, acode)
-        if out is _NEW:
-            pass
-        elif type(out) is _Hole:
-            attempt = out.attempt
-        else:
-            return out
+def _own_sync(
+    run: Run,
+    sdef: StepDef,
+    wrapped: Callable[..., Any],
+    args: Any,
+    kwargs: Any,
+    n: int,
+    acode: int,
+    attempt: int,
+) -> Any:
+    """The job's own sync step off the fast path: a new step while replaying, or durable."""
     call = run.make_call(sdef, n, wrapped, args, kwargs, acode)
     call.attempt = attempt
     durable = sdef.durable
@@ -211,18 +208,22 @@ def _make_sync(sdef: StepDef) -> Callable[..., Any]:
         owner = get_ident() == run._owner and (run.main_task is None or current_task() is run.main_task)
         if (owner and run.sync_n >= 0) or _STEP.get() is not None:
             return wrapped(*args, **kwargs)  # nested in another step
-        if owner and run.fast and not durable:
+        if not owner:
+            if run.finished or (run.forked and _unrecorded(run, sdef)):
+                return wrapped(*args, **kwargs)  # after the run, or in a forked child
+            return _concurrent_sync(run, sdef, wrapped, instance, args, kwargs)
+        n = run._next
+        run._next = n + 1
+        if kwargs:
+            acode = args_code(args, kwargs)
+        elif not args:
+            acode = 0
+        elif len(args) == 1 and type(args[0]) is int:
+            acode = hash(args) & _MASK  # the same as args_code's, inlined
+        else:
+            acode = args_code(args, kwargs)
+        if run.fast and not durable:
             # The fast path: the job's own plain step, not replaying.
-            n = run._next
-            run._next = n + 1
-            if kwargs:
-                acode = args_code(args, kwargs)
-            elif not args:
-                acode = 0
-            elif len(args) == 1 and type(args[0]) is int:
-                acode = hash(args) & _MASK  # the same as args_code's, inlined
-            else:
-                acode = args_code(args, kwargs)
             if STEP_HOOKS:
                 _notify("before", run.make_call(sdef, n, wrapped, args, kwargs, acode))
             run.sync_sdef = sdef
@@ -247,9 +248,16 @@ def _make_sync(sdef: StepDef) -> Callable[..., Any]:
             return result
         if run.finished or (run.forked and _unrecorded(run, sdef)):
             return wrapped(*args, **kwargs)  # after the run, or in a forked child
-        if owner:
-            return _own_sync(run, sdef, wrapped, args, kwargs)
-        return _concurrent_sync(run, sdef, wrapped, instance, args, kwargs)
+        attempt = 1
+        if run.replaying:
+            out = run.replay_own(sdef, n, acode)
+            if out is _NEW:
+                pass
+            elif type(out) is _Hole:
+                attempt = out.attempt
+            else:
+                return out
+        return _own_sync(run, sdef, wrapped, args, kwargs, n, acode, attempt)
 
     return step
 
