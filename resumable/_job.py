@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import inspect
@@ -458,7 +459,12 @@ async def begin_async(
     try:
         started = await asyncio.shield(task)
     except asyncio.CancelledError:
-        task.add_done_callback(_abandon_started)
+        # Wait for the thread to finish taking the run, and give it up: a done-callback
+        # would never run if the loop closed first, leaving the run locked for good.
+        while not task.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(task)
+        _abandon_started(task)
         raise
     if not isinstance(started, _Finished):
         try:
