@@ -67,7 +67,7 @@ def run_child(tmp: Path, mode: str, hang: bool) -> subprocess.Popen[str]:
     script = tmp / "child.py"
     script.write_text(CHILD)
     return subprocess.Popen(
-        [sys.executable, str(script), str(tmp / "store"), str(tmp / f"log-{mode}"), mode, "1" if hang else "0"],
+        [sys.executable, str(script), str(tmp / "store"), str(tmp / f"log-{mode}"), mode, str(int(hang))],
         stdout=subprocess.DEVNULL if hang else subprocess.PIPE,
         text=True,
     )

@@ -127,7 +127,8 @@ def test_case8_a_forked_child_that_exits_leaves_the_parents_lock_held(tmp_path: 
     from resumable import FileStore, RunLocked
 
     child = _child(tmp_path, "exit", stdin=subprocess.PIPE)
-    assert child.stdout is not None and child.stdin is not None
+    assert child.stdout is not None
+    assert child.stdin is not None
     assert child.stdout.readline().strip() == "child exited"
     with pytest.raises(RunLocked):
         FileStore(tmp_path / "store").lock("forky")
